@@ -1,0 +1,123 @@
+"""The tensor plan: which checkpoint tensor becomes which GGUF tensor, in which type, checked against the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Iterator
+
+import gguf
+import numpy as np
+
+from lfmq.convert.safetensors import SafetensorsReader, to_float32
+from lfmq.errors import CheckpointError, UsageError
+
+Q = gguf.GGMLQuantizationType
+F = gguf.LlamaFileType
+# --outtype -> (tensor type for the big matrices, general.file_type)
+OUTTYPES: dict[str, tuple[Q, F]] = {
+    "f32": (Q.F32, F.ALL_F32),
+    "f16": (Q.F16, F.MOSTLY_F16),
+    "bf16": (Q.BF16, F.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
+}
+CHECKPOINT_OUTTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+# tensors llama.cpp wants in F32 whatever the file type: norms (1-D) and the short-conv kernel (the CPU op asserts F32)
+ALWAYS_F32 = (gguf.MODEL_TENSOR.SHORTCONV_CONV,)
+CHUNK_ELEMENTS = 1 << 22  # rows are converted in chunks of about this many values: bounded memory
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    src: str                 # HF name
+    name: str                # GGUF name
+    shape: tuple[int, ...]   # torch order, after any squeeze
+    qtype: Q
+
+    @property
+    def nbytes(self) -> int:
+        size, block = gguf.GGML_QUANT_SIZES[self.qtype]
+        rows = int(np.prod(self.shape[:-1], dtype=np.int64))
+        return rows * (self.shape[-1] // size) * block
+
+    @property
+    def n_params(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def resolve_outtype(outtype: str, reader: SafetensorsReader) -> str:
+    """`auto` keeps the checkpoint's precision (the embedding's dtype); anything else must be in OUTTYPES."""
+    outtype = outtype.lower()
+    if outtype == "auto":
+        return CHECKPOINT_OUTTYPE[reader.refs["model.embed_tokens.weight"].dtype]
+    if outtype not in OUTTYPES:
+        raise UsageError(f"unknown --outtype {outtype!r}: choose auto, {', '.join(OUTTYPES)}")
+    return outtype
+
+
+def _tensor_type(name_map: gguf.TensorNameMap, gguf_name: str, shape: tuple[int, ...], outtype: str) -> Q:
+    base = OUTTYPES[outtype][0]
+    key = name_map.get_type(gguf_name.removesuffix(".weight"))
+    if len(shape) <= 1 or gguf_name.endswith("_norm.weight") or key in ALWAYS_F32:
+        return Q.F32
+    if base == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+        return Q.F16  # rows that do not split into 32-value blocks cannot be Q8_0 (llama.cpp falls back the same way)
+    return base
+
+
+def plan(arch: ModuleType, hp, reader: SafetensorsReader, outtype: str) -> list[TensorPlan]:
+    """Check every tensor against the config and decide its GGUF name and type; reads headers only."""
+    refs = reader.refs
+    n_ff = _ffn_width(hp, refs)
+    shapes = arch.expected_shapes(hp, n_ff)
+    tied = "lm_head.weight" not in refs
+    if hp.tied is True and not tied:
+        tied = True  # the checkpoint carries a redundant copy of the tied head: llama.cpp reuses the embedding
+    elif not tied:
+        shapes["lm_head.weight"] = (hp.n_vocab, hp.n_embd)
+    elif hp.tied is False:
+        raise CheckpointError("config.json says the embeddings are untied but the checkpoint has no lm_head.weight")
+    missing = [n for n in shapes if n not in refs]
+    if missing:
+        raise CheckpointError(f"checkpoint is missing tensor {missing[0]} ({len(missing)} missing in all): is it complete?")
+    name_map = gguf.TensorNameMap(arch.GGUF_ARCH, hp.n_layer)
+    plans = []
+    for src, want in shapes.items():
+        got = refs[src].shape
+        if got != want:
+            raise CheckpointError(f"tensor {src} has shape {list(got)} but config.json implies {list(want)}")
+        name = name_map.get_name(src, try_suffixes=(".weight",))
+        if name is None:
+            raise CheckpointError(f"no GGUF name for tensor {src}")
+        shape = want[:1] + want[2:] if src.endswith("conv.conv.weight") else want  # [E,1,L] -> [E,L]
+        plans.append(TensorPlan(src, name, shape, _tensor_type(name_map, name, shape, outtype)))
+    unused = sorted(set(refs) - set(shapes) - {"lm_head.weight"})
+    if unused:
+        raise CheckpointError(f"checkpoint has tensor {unused[0]} that an LFM2 model does not use: is this another architecture?")
+    return plans
+
+
+def _ffn_width(hp, refs: dict) -> int:
+    ref = refs.get("model.layers.0.feed_forward.w1.weight")
+    if ref is None:
+        raise CheckpointError("checkpoint is missing tensor model.layers.0.feed_forward.w1.weight: is it complete?")
+    if ref.shape[0] not in hp.n_ff_candidates:
+        raise CheckpointError(
+            f"tensor model.layers.0.feed_forward.w1.weight has {ref.shape[0]} rows but config.json implies an FFN "
+            f"width of {hp.n_ff}"
+        )
+    return int(ref.shape[0])
+
+
+def chunks(reader: SafetensorsReader, p: TensorPlan) -> Iterator[bytes | np.ndarray]:
+    """The converted tensor data, row chunk by row chunk (a chunk is whole rows, so block types split cleanly)."""
+    src = reader.raw(p.src).reshape(p.shape)
+    same = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}[reader.refs[p.src].dtype] == p.qtype
+    rows = src.reshape(-1, p.shape[-1]) if src.ndim > 1 else src.reshape(1, -1)
+    step = max(1, CHUNK_ELEMENTS // rows.shape[1])
+    for lo in range(0, rows.shape[0], step):
+        part = rows[lo : lo + step]
+        if same:
+            yield part  # exact copy: no float round trip
+            continue
+        yield gguf.quants.quantize(to_float32(part), p.qtype)
