@@ -86,8 +86,9 @@ def resolve(
         if check:
             check(cfg)
         return Checkpoint(path.resolve(), cfg)
-    if not REPO_ID.match(str(src)):
-        raise ModelNotFoundError(f"{src} is neither a local folder nor a Hub repo id like LiquidAI/LFM2.5-350M")
+    text = str(src)
+    if text.startswith((".", "/", "~")) or text.endswith("/") or not REPO_ID.match(text):
+        raise ModelNotFoundError(f"{src}: no such folder (and not a Hub repo id like LiquidAI/LFM2.5-350M)")
     return _from_hub(str(src), revision, check)
 
 

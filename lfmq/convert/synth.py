@@ -121,6 +121,7 @@ def synth(
     dtype: str = "bf16",
     tied: bool = True,
     shards: int = 1,
+    overrides: dict[str, Any] | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> SynthResult:
@@ -133,7 +134,7 @@ def synth(
     if out.exists() and any(out.iterdir()) and not force:
         raise OutputExistsError(f"{out} exists and is not empty: pass --force to overwrite it")
     started = time.perf_counter()
-    cfg = make_config(preset, tied=tied)
+    cfg = {**make_config(preset, tied=tied), **(overrides or {})}
     cfg["lfmq_synthetic"] = {"preset": preset, "seed": seed, "note": RANDOM_NOTE}
     hp = lfm2.parse_hparams(cfg)
     shapes = lfm2.expected_shapes(hp, hp.n_ff)

@@ -1,0 +1,3 @@
+from lfmq.cli import main
+
+main()

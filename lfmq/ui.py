@@ -1,0 +1,101 @@
+"""The only module that imports rich: tables, progress bars and the one-line error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+
+
+def error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", markup=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", markup=True)
+
+
+@contextmanager
+def progress_bar(label: str, bytes_unit: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on a terminal (stderr); a no-op callback otherwise, so pipes and logs stay clean."""
+    if not err.is_terminal:
+        yield lambda done, total: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn()] if bytes_unit else [TextColumn("{task.completed}/{task.total}")]
+    with Progress(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def show_convert(r: Any) -> None:
+    note = "  [yellow](random weights: synthetic checkpoint)[/]" if r.synthetic else ""
+    out.print(
+        f"wrote {r.path} ({r.outtype.upper()}, {r.tensors} tensors, {r.parameters:,} parameters, "
+        f"{human_bytes(r.bytes)}) in {r.seconds:.1f} s{note}"
+    )
+
+
+def show_synth(r: Any) -> None:
+    out.print(
+        f"wrote {r.path}: synthetic {r.preset} checkpoint, {r.parameters:,} parameters, {human_bytes(r.bytes)} "
+        f"of weights, seed {r.seed} in {r.seconds:.1f} s"
+    )
+    out.print("[yellow]the weights are RANDOM: use it to measure speed and memory, not quality[/]")
+
+
+def show_inspect(info: Any) -> None:
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("file", f"{info.path} ({human_bytes(info.bytes)}, {info.bits_per_weight:.2f} bits/weight)")
+    t.add_row("model", f"{info.name or '?'}  arch {info.architecture}  type {info.file_type or '?'}")
+    if info.synthetic:
+        t.add_row("weights", "[yellow]RANDOM (lfmq synthetic checkpoint)[/]")
+    conv = [i for i, k in enumerate(info.layers) if k == "conv"]
+    attn = [i for i, k in enumerate(info.layers) if k == "attention"]
+    t.add_row("layers", f"{len(info.layers)} blocks: {len(conv)} conv {conv}, {len(attn)} attention {attn}")
+    t.add_row("hparams", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.hparams.items()))
+    t.add_row("tensors", f"{info.tensors} ({info.parameters:,} parameters): "
+              + ", ".join(f"{k} {v}" for k, v in info.types.items()))
+    tok = info.tokenizer
+    t.add_row("tokenizer", f"{tok.get('model')}/{tok.get('pre')}, {tok.get('tokens')} tokens, {tok.get('merges')} merges, "
+              f"bos {tok.get('bos_id')} eos {tok.get('eos_id')} pad {tok.get('pad_id')}, add_bos {tok.get('add_bos')}")
+    t.add_row("chat template", "yes" if info.chat_template else "[yellow]no (llama-cpp-python would fall back to llama-2)[/]")
+    for k, v in info.provenance.items():
+        t.add_row(k, str(v))
+    out.print(t)
