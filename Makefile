@@ -1,0 +1,39 @@
+# The two commands a new user types: `make demo` and `make test`. Each creates or reuses .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO   := demo
+
+.PHONY: demo test setup setup-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# llama-cpp-python compiles llama.cpp (6-8 minutes once per machine; the wheel is cached in ~/.cache/lfmq/wheels)
+$(VENV)/.runtime: pyproject.toml scripts/install-llama-cpp-python.sh | $(BIN)/python
+	bash scripts/install-llama-cpp-python.sh $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# torch==2.13.0 is the CPU build that lies on these machines; transformers is the reference implementation
+$(VENV)/.test: $(VENV)/.runtime
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.runtime
+setup-test: $(VENV)/.test
+
+demo: setup
+	@echo "== 1. a shape-exact LFM2.5-350M checkpoint with RANDOM weights (this machine cannot reach the Hub)"
+	$(BIN)/lfmq synth lfm2.5-350m -o $(DEMO)/LFM2.5-350M-synthetic --force
+	@echo "== 2. convert it to GGUF (torch-free, streaming)"
+	$(BIN)/lfmq convert $(DEMO)/LFM2.5-350M-synthetic -o $(DEMO)/LFM2.5-350M-synthetic-F16.gguf --outtype f16 --force
+	@echo "== 3. what the GGUF holds"
+	$(BIN)/lfmq inspect $(DEMO)/LFM2.5-350M-synthetic-F16.gguf
+
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(DEMO) build *.egg-info

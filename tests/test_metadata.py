@@ -1,0 +1,114 @@
+"""The GGUF carries every key llama.cpp's lfm2 loader needs, the tokenizer and the provenance, read back with GGUFReader."""
+
+from __future__ import annotations
+
+import gguf
+import pytest
+
+import lfmq
+from lfmq.inspect import field_value
+
+K = gguf.Keys
+
+
+def _read(path):
+    return gguf.GGUFReader(path)
+
+
+def test_hparams_round_trip(tiny_f32):
+    r = _read(tiny_f32)
+    a = "lfm2"
+    assert field_value(r, K.General.ARCHITECTURE) == a
+    expect = {
+        K.LLM.BLOCK_COUNT: 4,
+        K.LLM.CONTEXT_LENGTH: 128000,
+        K.LLM.EMBEDDING_LENGTH: 64,
+        K.LLM.FEED_FORWARD_LENGTH: 192,  # int(2*256/3)=170 rounded up to a multiple of 32
+        K.LLM.VOCAB_SIZE: 1024,
+        K.Attention.HEAD_COUNT: 4,
+        K.Attention.HEAD_COUNT_KV: [0, 2, 0, 2],  # per layer: 0 marks the conv blocks
+        K.ShortConv.L_CACHE: 3,
+        K.Rope.FREQ_BASE: 1_000_000.0,
+    }
+    for key, value in expect.items():
+        assert field_value(r, key.format(arch=a)) == value, key
+    assert field_value(r, K.Attention.LAYERNORM_RMS_EPS.format(arch=a)) == pytest.approx(1e-5)
+    assert field_value(r, K.General.FILE_TYPE) == gguf.LlamaFileType.ALL_F32
+    assert field_value(r, K.General.QUANTIZATION_VERSION) == gguf.GGML_QUANT_VERSION
+
+
+def test_tokenizer_round_trip(tiny_f32, tiny_ckpt):
+    r = _read(tiny_f32)
+    assert field_value(r, K.Tokenizer.MODEL) == "gpt2"
+    assert field_value(r, K.Tokenizer.PRE) == "lfm2"
+    tokens = field_value(r, K.Tokenizer.LIST)
+    assert len(tokens) == 1024
+    assert tokens[:8] == ["<|pad|>", "<|startoftext|>", "<|endoftext|>", "<|fim_pre|>", "<|fim_mid|>", "<|fim_suf|>",
+                          "<|im_start|>", "<|im_end|>"]
+    types = field_value(r, K.Tokenizer.TOKEN_TYPE)
+    assert types[:14] == [gguf.TokenType.CONTROL] * 14 and set(types[14:]) == {gguf.TokenType.NORMAL}
+    assert (field_value(r, K.Tokenizer.BOS_ID), field_value(r, K.Tokenizer.EOS_ID), field_value(r, K.Tokenizer.PAD_ID)) == (1, 7, 0)
+    assert field_value(r, K.Tokenizer.ADD_BOS) is True and field_value(r, K.Tokenizer.ADD_EOS) is False
+    assert len(field_value(r, K.Tokenizer.MERGES)) == 1024 - 14 - 256
+    template = (tiny_ckpt / "tokenizer_config.json").read_text()
+    assert "<|im_start|>" in field_value(r, K.Tokenizer.CHAT_TEMPLATE)
+    assert "List of tools" in template
+
+
+def test_provenance_and_random_weights_flag(tiny_f32, tiny_ckpt):
+    r = _read(tiny_f32)
+    assert field_value(r, "lfmq.version") == lfmq.__version__
+    assert field_value(r, "lfmq.source") == str(tiny_ckpt.resolve())
+    assert field_value(r, "lfmq.synthetic") is True
+    assert "RANDOM WEIGHTS" in field_value(r, K.General.DESCRIPTION)
+
+
+@pytest.mark.parametrize("outtype,matrix_type", [
+    ("f32", "F32"), ("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0"), ("auto", "BF16"),
+])
+def test_tensor_names_and_types(tiny_ckpt, tmp_path, outtype, matrix_type):
+    out = lfmq.convert(tiny_ckpt, tmp_path / "m.gguf", outtype=outtype).path
+    tensors = {t.name: t for t in _read(out).tensors}
+    assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    assert "output_norm.weight" not in tensors and "token_embd_norm.weight" in tensors
+    for name, t in tensors.items():
+        keep_f32 = name.endswith("norm.weight") or "shortconv.conv" in name
+        assert t.tensor_type.name == ("F32" if keep_f32 else matrix_type), name
+    assert list(tensors["blk.0.shortconv.conv.weight"].shape) == [3, 64]  # squeezed [E,1,3] -> [E,3], GGUF order
+    assert {n for n in tensors if n.startswith("blk.1.")} >= {"blk.1.attn_q.weight", "blk.1.attn_q_norm.weight"}
+    assert not any(n.startswith("blk.1.shortconv") for n in tensors)
+    assert len(tensors) == 2 + 4 * 5 + 2 * 3 + 2 * 6  # embd+norm, per block 5, conv 3, attention 6
+
+
+def test_untied_checkpoint_writes_output(make_ckpt, tmp_path):
+    out = lfmq.convert(make_ckpt(tied=False), tmp_path / "m.gguf", outtype="f16").path
+    assert "output.weight" in {t.name for t in _read(out).tensors}
+
+
+def test_bf16_to_bf16_is_bit_exact(tiny_ckpt, tmp_path):
+    """`auto` on a bf16 checkpoint copies the stored bits; nothing is rounded twice."""
+    import json
+    import struct
+
+    import numpy as np
+
+    out = lfmq.convert(tiny_ckpt, tmp_path / "m.gguf").path
+    st = tiny_ckpt / "model.safetensors"
+    raw = st.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    info = json.loads(raw[8 : 8 + n])["model.layers.0.feed_forward.w2.weight"]
+    lo, hi = info["data_offsets"]
+    src = np.frombuffer(raw[8 + n + lo : 8 + n + hi], dtype=np.uint16)
+    t = next(t for t in _read(out).tensors if t.name == "blk.0.ffn_down.weight")
+    assert t.data.tobytes() == src.tobytes()
+
+
+def test_inspect_summary(tiny_f32):
+    info = lfmq.inspect(tiny_f32)
+    assert info.architecture == "lfm2"
+    assert info.layers == ["conv", "attention", "conv", "attention"]
+    assert info.types == {"F32": 40}
+    assert info.parameters == 271_360
+    assert info.bits_per_weight == pytest.approx(32.0)
+    assert info.chat_template and info.synthetic
+    assert info.tokenizer["tokens"] == 1024 and info.tokenizer["control_tokens"] == 14
