@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -68,6 +67,8 @@ def show_convert(r: Any) -> None:
         f"wrote {r.path} ({r.outtype.upper()}, {r.tensors} tensors, {r.parameters:,} parameters, "
         f"{human_bytes(r.bytes)}) in {r.seconds:.1f} s{note}"
     )
+    for w in r.warnings:
+        warn(w)
 
 
 def show_synth(r: Any) -> None:
@@ -78,24 +79,30 @@ def show_synth(r: Any) -> None:
     out.print("[yellow]the weights are RANDOM: use it to measure speed and memory, not quality[/]")
 
 
+def _rows(rows: list[tuple[str, str]]) -> None:
+    """Aligned `key  value` lines: they wrap in a narrow terminal and stay whole in a pipe."""
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        out.print(f"[bold]{key:<{width}}[/]  {value}")
+
+
 def show_inspect(info: Any) -> None:
-    t = Table(show_header=False, box=None, pad_edge=False)
-    t.add_column(style="bold")
-    t.add_column()
-    t.add_row("file", f"{info.path} ({human_bytes(info.bytes)}, {info.bits_per_weight:.2f} bits/weight)")
-    t.add_row("model", f"{info.name or '?'}  arch {info.architecture}  type {info.file_type or '?'}")
-    if info.synthetic:
-        t.add_row("weights", "[yellow]RANDOM (lfmq synthetic checkpoint)[/]")
     conv = [i for i, k in enumerate(info.layers) if k == "conv"]
     attn = [i for i, k in enumerate(info.layers) if k == "attention"]
-    t.add_row("layers", f"{len(info.layers)} blocks: {len(conv)} conv {conv}, {len(attn)} attention {attn}")
-    t.add_row("hparams", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.hparams.items()))
-    t.add_row("tensors", f"{info.tensors} ({info.parameters:,} parameters): "
-              + ", ".join(f"{k} {v}" for k, v in info.types.items()))
     tok = info.tokenizer
-    t.add_row("tokenizer", f"{tok.get('model')}/{tok.get('pre')}, {tok.get('tokens')} tokens, {tok.get('merges')} merges, "
-              f"bos {tok.get('bos_id')} eos {tok.get('eos_id')} pad {tok.get('pad_id')}, add_bos {tok.get('add_bos')}")
-    t.add_row("chat template", "yes" if info.chat_template else "[yellow]no (llama-cpp-python would fall back to llama-2)[/]")
-    for k, v in info.provenance.items():
-        t.add_row(k, str(v))
-    out.print(t)
+    rows = [
+        ("file", f"{info.path} ({human_bytes(info.bytes)}, {info.bits_per_weight:.2f} bits/weight)"),
+        ("model", f"{info.name or '?'}  arch {info.architecture}  type {info.file_type or '?'}"),
+    ]
+    if info.synthetic:
+        rows.append(("weights", "[yellow]RANDOM (lfmq synthetic checkpoint)[/]"))
+    rows += [
+        ("layers", f"{len(info.layers)} blocks: {len(conv)} conv {conv}, {len(attn)} attention {attn}"),
+        ("hparams", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.hparams.items())),
+        ("tensors", f"{info.tensors} ({info.parameters:,} parameters): " + ", ".join(f"{k} {v}" for k, v in info.types.items())),
+        ("tokenizer", f"{tok.get('model')}/{tok.get('pre')}, {tok.get('tokens')} tokens, {tok.get('merges')} merges, "
+                      f"bos {tok.get('bos_id')} eos {tok.get('eos_id')} pad {tok.get('pad_id')}, add_bos {tok.get('add_bos')}"),
+        ("chat template", "yes" if info.chat_template else "[yellow]no (llama-cpp-python would fall back to llama-2)[/]"),
+    ]
+    rows += [(k, str(v)) for k, v in info.provenance.items()]
+    _rows(rows)

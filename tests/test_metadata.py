@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import pytest
 
 import lfmq
+from conftest import run_cli
 from lfmq.inspect import field_value
 
 K = gguf.Keys
@@ -112,3 +115,47 @@ def test_inspect_summary(tiny_f32):
     assert info.bits_per_weight == pytest.approx(32.0)
     assert info.chat_template and info.synthetic
     assert info.tokenizer["tokens"] == 1024 and info.tokenizer["control_tokens"] == 14
+
+
+def _template_to_jinja_file(ck):
+    cfg_path = ck / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    (ck / "chat_template.jinja").write_text(cfg.pop("chat_template"))
+    cfg_path.write_text(json.dumps(cfg))
+
+
+def test_chat_template_from_jinja_file(make_ckpt, tmp_path):
+    ck = make_ckpt()
+    _template_to_jinja_file(ck)
+    result = lfmq.convert(ck, tmp_path / "m.gguf")
+    template = field_value(_read(result.path), K.Tokenizer.CHAT_TEMPLATE)
+    assert template == (ck / "chat_template.jinja").read_text() and result.warnings == ()
+
+
+def test_missing_chat_template_is_warned(make_ckpt, tmp_path):
+    ck = make_ckpt()
+    _template_to_jinja_file(ck)
+    (ck / "chat_template.jinja").unlink()
+    result = lfmq.convert(ck, tmp_path / "m.gguf")
+    assert field_value(_read(result.path), K.Tokenizer.CHAT_TEMPLATE) is None
+    assert len(result.warnings) == 1 and "no chat template" in result.warnings[0]
+
+
+def test_inspect_cli_output_is_exact(tiny_f32, tiny_ckpt):
+    r = run_cli("inspect", str(tiny_f32))
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.splitlines() == [
+        f"file           {tiny_f32} (1.1 MB, 32.00 bits/weight)",
+        "model          ckpt  arch lfm2  type ALL_F32",
+        "weights        RANDOM (lfmq synthetic checkpoint)",
+        "layers         4 blocks: 2 conv [0, 2], 2 attention [1, 3]",
+        "hparams        context_length=128000, embedding_length=64, feed_forward_length=192, block_count=4, "
+        "vocab_size=1024, head_count=4, rms_epsilon=1e-05, rope_freq_base=1e+06, shortconv_l_cache=3, head_count_kv=2",
+        "tensors        40 (271,360 parameters): F32 40",
+        "tokenizer      gpt2/lfm2, 1024 tokens, 754 merges, bos 1 eos 7 pad 0, add_bos True",
+        "chat template  yes",
+        f"lfmq.version   {lfmq.__version__}",
+        f"lfmq.source    {tiny_ckpt.resolve()}",
+    ]
+    info = json.loads(run_cli("inspect", str(tiny_f32), "--json").stdout)
+    assert info["layers"] == ["conv", "attention", "conv", "attention"] and info["types"] == {"F32": 40}

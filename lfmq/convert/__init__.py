@@ -33,6 +33,7 @@ class ConvertResult:
     bytes: int
     seconds: float
     synthetic: bool
+    warnings: tuple[str, ...] = ()
 
 
 def default_output(ckpt: Checkpoint, outtype: str) -> Path:
@@ -96,7 +97,15 @@ def convert(
         bytes=size,
         seconds=time.perf_counter() - started,
         synthetic=bool(synthetic),
+        warnings=_warnings(vocab),
     )
+
+
+def _warnings(vocab) -> tuple[str, ...]:
+    if vocab.special.chat_template is None:
+        return ("the checkpoint has no chat template, so the GGUF has none; llama-cpp-python would fall back to the "
+                "llama-2 format (lfmq's runtime uses its built-in LFM2.5 template instead)",)
+    return ()
 
 
 def _synthetic_note(marker: Any) -> str | None:
