@@ -118,16 +118,18 @@ class SafetensorsReader:
         """The tensor widened to float32 exactly (BF16 is the top half of an F32)."""
         return to_float32(self.raw(name))
 
-    def release(self, name: str) -> None:
-        """Drop a tensor's pages from this process's resident set once it has been written (they stay in the page
-        cache), so that peak memory stays near one tensor rather than the whole checkpoint."""
+    def release(self, name: str, start: int = 0, end: int | None = None) -> None:
+        """Drop bytes [start, end) of a tensor from this process's resident set once written (the pages stay in the
+        page cache and fault back in if read again), so peak memory stays near one chunk, not the checkpoint."""
         ref = self.refs[name]
         m = self._maps.get(ref.path)
         if m is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
-        start = ref.start - ref.start % mmap.PAGESIZE
-        if ref.end > start:
-            m.madvise(mmap.MADV_DONTNEED, start, ref.end - start)
+        lo = ref.start + start
+        lo -= lo % mmap.PAGESIZE
+        hi = ref.end if end is None else ref.start + end
+        if hi > lo:
+            m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def iter_names(self) -> Iterator[str]:
         return iter(self.refs)

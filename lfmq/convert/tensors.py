@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
 from typing import Iterator
 
@@ -22,6 +23,7 @@ OUTTYPES: dict[str, tuple[Q, F]] = {
     "q8_0": (Q.Q8_0, F.MOSTLY_Q8_0),
 }
 CHECKPOINT_OUTTYPE = {"F32": "f32", "F16": "f16", "BF16": "bf16"}
+SOURCE_TYPES = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
 # tensors llama.cpp wants in F32 whatever the file type: norms (1-D) and the short-conv kernel (the CPU op asserts F32)
 ALWAYS_F32 = (gguf.MODEL_TENSOR.SHORTCONV_CONV,)
 CHUNK_ELEMENTS = 1 << 22  # rows are converted in chunks of about this many values: bounded memory
@@ -109,15 +111,29 @@ def _ffn_width(hp, refs: dict) -> int:
     return int(ref.shape[0])
 
 
-def chunks(reader: SafetensorsReader, p: TensorPlan) -> Iterator[bytes | np.ndarray]:
-    """The converted tensor data, row chunk by row chunk (a chunk is whole rows, so block types split cleanly)."""
+@lru_cache(maxsize=1)
+def _bf16_to_f16() -> np.ndarray:
+    """Every bfloat16 bit pattern's float16: one table lookup instead of widening to F32 and narrowing again."""
+    with np.errstate(over="ignore"):
+        return (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32).astype(np.float16)
+
+
+def _convert(part: np.ndarray, src_dtype: str, qtype: Q) -> np.ndarray:
+    if SOURCE_TYPES[src_dtype] == qtype:
+        return part  # exact copy: no float round trip
+    if src_dtype == "BF16" and qtype == Q.F16:
+        return _bf16_to_f16()[part]  # same bits as to_float32(part).astype(np.float16), in one pass
+    return gguf.quants.quantize(to_float32(part), qtype)
+
+
+def chunks(reader: SafetensorsReader, p: TensorPlan) -> Iterator[np.ndarray]:
+    """The converted tensor data, row chunk by row chunk (a chunk is whole rows, so block types split cleanly);
+    each chunk's source pages are released once the consumer has taken it."""
     src = reader.raw(p.src).reshape(p.shape)
-    same = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}[reader.refs[p.src].dtype] == p.qtype
+    dtype = reader.refs[p.src].dtype
     rows = src.reshape(-1, p.shape[-1]) if src.ndim > 1 else src.reshape(1, -1)
     step = max(1, CHUNK_ELEMENTS // rows.shape[1])
+    row_bytes = rows.shape[1] * rows.itemsize
     for lo in range(0, rows.shape[0], step):
-        part = rows[lo : lo + step]
-        if same:
-            yield part  # exact copy: no float round trip
-            continue
-        yield gguf.quants.quantize(to_float32(part), p.qtype)
+        yield _convert(rows[lo : lo + step], dtype, p.qtype)
+        reader.release(p.src, lo * row_bytes, min(lo + step, rows.shape[0]) * row_bytes)

@@ -81,7 +81,6 @@ def write_gguf(
             if written != p.nbytes:
                 raise CheckpointError(f"tensor {p.src} produced {written} bytes, expected {p.nbytes}")
             writer.write_padding(out, written)
-            reader.release(p.src)
             done += written
         out.flush()
         size = out.tell()
