@@ -106,3 +106,63 @@ def show_inspect(info: Any) -> None:
     ]
     rows += [(k, str(v)) for k, v in info.provenance.items()]
     _rows(rows)
+
+
+@contextmanager
+def step_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A bar for counted steps (tensors, chunks); the callback takes (what, done, total). Silent off a terminal."""
+    if not err.is_terminal:
+        yield lambda what, done, total: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(f"{label} {what}", total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield update
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> None:
+    """A plain aligned table (align: one 'l' or 'r' per column): whole in a pipe, readable on a terminal."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(cells, widths, align)).rstrip()
+
+    out.print(f"[bold]{line(headers)}[/]")
+    for r in rows:
+        out.print(line(r), markup=False)
+
+
+def show_quantize(results: list[Any]) -> None:
+    dry = results and results[0].dry_run
+    rows = [[r.type, human_bytes(r.bytes), f"{r.bits_per_weight:.2f}", f"{r.seconds:.1f}", str(r.path or "(dry run)")]
+            for r in results]
+    _table(["type", "size", "bpw", "seconds", "file"], rows, "lrrrl")
+    if dry:
+        out.print("dry run: sizes the outputs would have; nothing was written")
+
+
+def show_imatrix(r: Any) -> None:
+    out.print(f"wrote {r.path}: {r.entries} weights, {r.chunks} chunks of {r.chunk_size} tokens ({r.tokens:,} tokens) "
+              f"from {r.dataset} in {r.seconds:.1f} s")
+
+
+def show_eval(rep: Any) -> None:
+    rows = []
+    for m in [rep.reference, *rep.models]:
+        is_ref = m is rep.reference
+        rows.append([
+            (m.file_type or "?").removeprefix("MOSTLY_").removeprefix("ALL_") + (" (ref)" if is_ref else ""),
+            human_bytes(m.bytes), f"{m.bits_per_weight:.2f}", f"{m.ppl:.3f} ± {m.ppl_error:.3f}",
+            "-" if is_ref else f"{m.delta_ppl:+.3f}", "-" if is_ref else f"{m.kld_mean:.5f}",
+            "-" if is_ref else f"{m.kld_p99:.5f}", "-" if is_ref else f"{100 * m.top1_agreement:.1f}%",
+        ])
+    _table(["model", "size", "bpw", "PPL", "ΔPPL", "KLD mean", "KLD p99", "same top-1"], rows, "lrrrrrrr")
+    out.print(f"{rep.tokens_scored:,} tokens scored in {rep.chunks} chunks of {rep.n_ctx} ({rep.text}), {rep.seconds:.1f} s")
+    if rep.synthetic:
+        warn("random-weight (synthetic) models: these numbers exercise the measurement, they say nothing about quality")

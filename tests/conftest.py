@@ -90,3 +90,32 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run(
         [sys.executable, "-m", "lfmq", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
     )
+
+
+# hidden 256 and FFN 512: rows that split into 256-value super-blocks, so the k-quants apply as on real models
+SMALL = {"hidden_size": 256, "block_ff_dim": 768, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048}
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "small"
+    lfmq.synth("tiny", folder, overrides=SMALL)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def small_f16(small_ckpt: Path) -> Path:
+    return lfmq.convert(small_ckpt, small_ckpt.parent / "small-F16.gguf", outtype="f16").path
+
+
+@pytest.fixture(scope="session")
+def small_ladder(small_f16: Path) -> dict[str, Path]:
+    from lfmq.quantize import quantize
+
+    results = quantize(small_f16, "ladder", small_f16.parent / "ladder")
+    return {r.type: r.path for r in results}
+
+
+def calibration_text(repeat: int = 4) -> str:
+    """Test text: the repository's README, repeated (enough tokens for a few chunks)."""
+    return (Path(__file__).resolve().parent.parent / "README.md").read_text() * repeat

@@ -1,0 +1,167 @@
+"""`lfmq eval`: perplexity and the KL divergence of each model's next-token distribution from a reference's.
+
+Scored as llama-perplexity scores: the text is cut into n_ctx-token chunks, each evaluated from an empty state with
+BOS first, and only the second half of each chunk is scored (every scored token has at least n_ctx/2 of context).
+Memory is bounded by one chunk of logits per model, whatever the length of the text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lfmq.errors import UsageError
+from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """One model's measures against the reference, on the same scored tokens."""
+
+    path: Path
+    file_type: str | None
+    bytes: int
+    bits_per_weight: float
+    ppl: float
+    ppl_error: float                 # one standard error, as llama-perplexity prints it
+    delta_ppl: float                 # ppl - reference ppl
+    kld_mean: float
+    kld_error: float
+    kld_p99: float
+    top1_agreement: float            # share of scored tokens where the argmax equals the reference's
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    reference: ModelQuality
+    models: list[ModelQuality]
+    text: str
+    n_ctx: int
+    chunks: int
+    tokens_scored: int
+    seconds: float
+    synthetic: bool = False          # random-weight models: the numbers say nothing about real quality
+    notes: list[str] = field(default_factory=list)
+
+
+def default_text() -> str:
+    return resources.files("lfmq.quantize").joinpath("data/eval.txt").read_text(encoding="utf-8")
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class _Accumulator:
+    """Per-token negative log-likelihoods and KL divergences, kept as small 1-D arrays."""
+
+    def __init__(self) -> None:
+        self.nll: list[np.ndarray] = []
+        self.kld: list[np.ndarray] = []
+        self.same_top: list[np.ndarray] = []
+
+    def add(self, logp: np.ndarray, targets: np.ndarray, ref_logp: np.ndarray | None) -> None:
+        self.nll.append(-logp[np.arange(len(targets)), targets])
+        if ref_logp is not None:
+            self.kld.append((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1))
+            self.same_top.append(logp.argmax(-1) == ref_logp.argmax(-1))
+
+    def ppl(self) -> tuple[float, float]:
+        nll = np.concatenate(self.nll)
+        mean = nll.mean()
+        ppl = float(np.exp(mean))
+        err = float(ppl * np.sqrt(nll.var() / max(len(nll) - 1, 1)))
+        return ppl, err
+
+    def kld_stats(self) -> tuple[float, float, float, float]:
+        if not self.kld:
+            return 0.0, 0.0, 0.0, 1.0
+        kld = np.maximum(np.concatenate(self.kld), 0.0)  # rounding can dip a hair below zero
+        err = float(kld.std() / np.sqrt(max(len(kld) - 1, 1)))
+        return float(kld.mean()), err, float(np.percentile(kld, 99)), float(np.concatenate(self.same_top).mean())
+
+
+def evaluate(
+    models: list[str | Path],
+    reference: str | Path,
+    *,
+    text: str | None = None,
+    text_name: str = "lfmq eval.txt",
+    n_ctx: int = 512,
+    chunks: int | None = None,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> EvalReport:
+    """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`."""
+    from lfmq.inspect import inspect
+
+    if n_ctx < 16 or n_ctx % 2:
+        raise UsageError(f"--ctx {n_ctx}: use an even context of at least 16 tokens")
+    text = default_text() if text is None else text
+    if not text.strip():
+        raise UsageError("the evaluation text is empty: give a file with some text (-f)")
+    infos = [inspect(p) for p in [reference, *models]]  # clear errors for missing or broken files first
+    started = time.perf_counter()
+    evaluators = []
+    try:
+        for info in infos:
+            evaluators.append(ChunkEvaluator(info.path, n_ctx, threads))
+        accs = _run(evaluators, text, n_ctx, chunks, progress)
+    finally:
+        for ev in evaluators:
+            ev.close()
+    n_chunks = len(accs[0].nll)
+    ref_ppl = accs[0].ppl()[0]
+    qualities = [_quality(info, acc, ref_ppl) for info, acc in zip(infos, accs)]
+    return EvalReport(
+        reference=qualities[0],
+        models=qualities[1:],
+        text=text_name,
+        n_ctx=n_ctx,
+        chunks=n_chunks,
+        tokens_scored=int(sum(len(x) for x in accs[0].nll)),
+        seconds=time.perf_counter() - started,
+        synthetic=any(i.synthetic for i in infos),
+    )
+
+
+def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | None,
+         progress: Progress | None) -> list[_Accumulator]:
+    ref = evaluators[0]
+    if any(ev.n_vocab != ref.n_vocab for ev in evaluators):
+        raise UsageError("the models do not share the reference's vocabulary: they are not quantizations of it")
+    tokens = ref.tokenize(text)
+    pieces = chunks_of(tokens, n_ctx, limit, ref.bos)
+    if not pieces:
+        raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")
+    first = n_ctx // 2
+    accs = [_Accumulator() for _ in evaluators]
+    for i, chunk in enumerate(pieces):
+        targets = chunk[first + 1 :]
+        ref_logp = None
+        for ev, acc in zip(evaluators, accs):
+            logp = _log_softmax(ev.logits(chunk, first)[:-1])  # row j predicts token j+1
+            acc.add(logp, targets, ref_logp)
+            if ref_logp is None:
+                ref_logp = logp
+        if progress:
+            progress(i + 1, len(pieces))
+    return accs
+
+
+def _quality(info, acc: _Accumulator, ref_ppl: float) -> ModelQuality:
+    ppl, err = acc.ppl()
+    kld, kld_err, p99, top1 = acc.kld_stats()
+    return ModelQuality(
+        path=info.path, file_type=info.file_type, bytes=info.bytes, bits_per_weight=info.bits_per_weight,
+        ppl=ppl, ppl_error=err, delta_ppl=ppl - ref_ppl, kld_mean=kld, kld_error=kld_err, kld_p99=p99,
+        top1_agreement=top1,
+    )

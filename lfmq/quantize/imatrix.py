@@ -1,0 +1,189 @@
+"""`lfmq imatrix`: an importance matrix computed in process through llama.cpp's evaluation callback.
+
+For every matrix multiplication by a model weight (`blk.*`), the callback sees the input activations and adds,
+per input column, the sum of their squares and the number of rows: what llama-imatrix accumulates, written in
+the GGUF format it writes (`<tensor>.in_sum2`, `<tensor>.counts`)."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lfmq.atomic import check_target
+from lfmq.errors import UsageError
+from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
+from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+
+Progress = Callable[[int, int], None]
+GGML_TYPE_F32 = 0
+MIN_ROWS = 16  # llama-imatrix ignores multiplications over fewer tokens
+
+
+class GGMLTensor(ctypes.Structure):
+    """struct ggml_tensor of the vendored ggml (GGML_MAX_DIMS 4, GGML_MAX_SRC 10, op params 64 B, name 64 B)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
+@dataclass(frozen=True)
+class ImatrixResult:
+    """What `compute_imatrix` wrote."""
+
+    path: Path
+    entries: int
+    chunks: int
+    chunk_size: int
+    tokens: int
+    seconds: float
+    dataset: str
+
+
+def default_text() -> str:
+    return resources.files("lfmq.quantize").joinpath("data/calibration.txt").read_text(encoding="utf-8")
+
+
+def _op_namer() -> Callable[[int], str]:
+    """ggml_op_name from the library, cached per op value (no hard-coded enum numbers)."""
+    from llama_cpp import _ggml
+
+    fn = _ggml.libggml.ggml_op_name
+    fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_int]
+    cache: dict[int, str] = {}
+    return lambda op: cache.setdefault(op, fn(op).decode())
+
+
+def _weight_name(raw: bytes) -> str:
+    """`CPU#blk.0.attn_k.weight#0` -> `blk.0.attn_k.weight`, as llama-imatrix filters names."""
+    name = raw.decode(errors="replace")
+    parts = name.split("#")
+    return parts[1] if len(parts) > 1 else name
+
+
+def _activations(t: GGMLTensor) -> np.ndarray:
+    """A [ne3, ne2, ne1, ne0] float32 view of a host tensor's data, following its byte strides."""
+    ne, nb = list(t.ne), list(t.nb)
+    extent = sum((n - 1) * s for n, s in zip(ne, nb)) + nb[0]
+    buf = (ctypes.c_char * extent).from_address(t.data)
+    return np.ndarray(shape=ne[::-1], dtype=np.float32, buffer=buf, strides=nb[::-1])
+
+
+class Collector:
+    """The evaluation callback and what it has accumulated."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.error: Exception | None = None
+        self.op_name = _op_namer()
+        import llama_cpp
+
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    def _wanted(self, t: GGMLTensor) -> bool:
+        if self.op_name(t.op) != "MUL_MAT":
+            return False
+        src0 = GGMLTensor.from_address(t.src[0])
+        src1 = GGMLTensor.from_address(t.src[1])
+        return (src1.ne[1] >= MIN_ROWS and src1.type == GGML_TYPE_F32
+                and _weight_name(src0.name).startswith("blk."))
+
+    def _on_tensor(self, ptr: int, ask: bool, user_data: int) -> bool:
+        try:
+            t = GGMLTensor.from_address(ptr)
+            if ask:
+                return self._wanted(t)
+            self._accumulate(GGMLTensor.from_address(t.src[0]), GGMLTensor.from_address(t.src[1]))
+            return True
+        except Exception as e:  # an exception must not cross into C: stop the evaluation, re-raise after it
+            self.error = e
+            return False
+
+    def _accumulate(self, src0: GGMLTensor, src1: GGMLTensor) -> None:
+        name = _weight_name(src0.name)
+        x = _activations(src1).astype(np.float64)
+        n_mat = int(src0.ne[2] * src0.ne[3])
+        if name not in self.sums:
+            self.sums[name] = np.zeros((n_mat, x.shape[-1]), dtype=np.float64)
+            self.counts[name] = np.zeros(n_mat, dtype=np.float64)
+        if n_mat == 1:
+            rows = x.reshape(-1, x.shape[-1])
+            self.sums[name][0] += np.einsum("ri,ri->i", rows, rows)
+            self.counts[name][0] += rows.shape[0]
+            return
+        for i3 in range(x.shape[0]):  # batched weights: activations i2/i3 map onto matrix i2 % ne2, i3 % ne3
+            for i2 in range(x.shape[1]):
+                mat = (i3 % int(src0.ne[3])) * int(src0.ne[2]) + (i2 % int(src0.ne[2]))
+                rows = x[i3, i2]
+                self.sums[name][mat] += np.einsum("ri,ri->i", rows, rows)
+                self.counts[name][mat] += rows.shape[0]
+
+
+def compute_imatrix(
+    model: str | Path,
+    out: str | Path = "imatrix.gguf",
+    *,
+    text: str | None = None,
+    dataset: str = "lfmq calibration.txt",
+    chunks: int | None = None,
+    n_ctx: int = 512,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> ImatrixResult:
+    """Run the model over calibration text and write the importance matrix of every `blk.*` weight."""
+    from lfmq.inspect import open_gguf
+
+    out = Path(out)
+    check_target(out, force)
+    if n_ctx < 2 * MIN_ROWS:
+        raise UsageError(f"--ctx {n_ctx} is too small: use at least {2 * MIN_ROWS} tokens")
+    text = default_text() if text is None else text
+    if not text.strip():
+        raise UsageError("the calibration text is empty: give a file with some text (-f)")
+    open_gguf(model)  # a clear error for a missing, foreign or truncated file
+    started = time.perf_counter()
+    collector = Collector()
+    with ChunkEvaluator(model, n_ctx, threads, cb_eval=collector.callback) as ev:
+        tokens = ev.tokenize(text)
+        pieces = chunks_of(tokens, n_ctx, chunks, ev.bos)
+        if not pieces:
+            raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")
+        for i, chunk in enumerate(pieces):
+            try:
+                # outputs at every position, as llama-imatrix asks: llama.cpp prunes the last block to the
+                # positions whose outputs are wanted, and its FFN would otherwise go unmeasured
+                ev.decode(chunk, 0)
+            finally:
+                if collector.error is not None:
+                    raise collector.error
+            if progress:
+                progress(i + 1, len(pieces))
+    im = Imatrix(
+        sums={k: v.astype(np.float32) for k, v in collector.sums.items()},
+        counts={k: v.astype(np.float32) for k, v in collector.counts.items()},
+        datasets=[dataset], chunk_count=len(pieces), chunk_size=n_ctx,
+    )
+    write_imatrix(im, out, force)
+    return ImatrixResult(out.resolve(), len(im.sums), len(pieces), n_ctx, len(pieces) * n_ctx,
+                         time.perf_counter() - started, dataset)
