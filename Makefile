@@ -31,6 +31,9 @@ demo: setup
 	$(BIN)/lfmq convert $(DEMO)/LFM2.5-350M-synthetic -o $(DEMO)/LFM2.5-350M-synthetic-F16.gguf --outtype f16 --force
 	@echo "== 3. what the GGUF holds"
 	$(BIN)/lfmq inspect $(DEMO)/LFM2.5-350M-synthetic-F16.gguf
+	@echo "== 4. the Q4-Q8 ladder through llama.cpp's quantizer, measured against the F16 (random weights: the"
+	@echo "==    quality columns exercise the measurement; they say nothing about the real model's quality)"
+	$(BIN)/lfmq quantize $(DEMO)/LFM2.5-350M-synthetic-F16.gguf -q ladder -o $(DEMO) --force --eval --eval-chunks 4
 
 test: setup-test
 	$(BIN)/python -m pytest -q

@@ -106,6 +106,7 @@ def quantize(
     dry_run: Annotated[bool, typer.Option(help="Only report the size each output would have.")] = False,
     allow_requantize: Annotated[bool, typer.Option(help="Accept an already-quantized input (quality suffers).")] = False,
     eval: Annotated[bool, typer.Option("--eval", help="Measure each output's quality against MODEL afterwards.")] = False,
+    eval_chunks: Annotated[Optional[int], typer.Option(help="With --eval: at most this many 512-token chunks.")] = None,
     force: Force = False,
     json: Json = False,
 ) -> None:
@@ -121,7 +122,7 @@ def quantize(
     report = None
     if eval and not dry_run:
         with ui.step_bar("evaluating") as progress:
-            report = evaluate([r.path for r in results], model, threads=threads,
+            report = evaluate([r.path for r in results], model, threads=threads, chunks=eval_chunks,
                               progress=lambda i, n: progress("chunks", i, n))
     if json:
         ui.print_json({"outputs": results, "eval": report})
