@@ -166,3 +166,116 @@ def show_eval(rep: Any) -> None:
     out.print(f"{rep.tokens_scored:,} tokens scored in {rep.chunks} chunks of {rep.n_ctx} ({rep.text}), {rep.seconds:.1f} s")
     if rep.synthetic:
         warn("random-weight (synthetic) models: these numbers exercise the measurement, they say nothing about quality")
+
+
+# -- runtime: generate, chat, extract ---------------------------------------------------------------------------
+
+from rich.markup import escape  # noqa: E402  (kept with the runtime section it serves)
+
+RANDOM_WEIGHTS = "RANDOM weights (lfmq synth): the model's text is noise; parsing, grammars and state handling are real"
+
+
+def show_model(m: Any) -> None:
+    """One line on stderr about the loaded model, and the random-weights label when it is synthetic."""
+    template = "from the GGUF" if m.template_source == "gguf" else "lfmq's built-in LFM2.5"
+    err.print(f"[dim]{m.path.name}: n_ctx {m.n_ctx}, {m.settings.threads} threads, chat template {template}[/]")
+    if m.synthetic:
+        warn(RANDOM_WEIGHTS)
+
+
+def stream_text(text: str) -> None:
+    """Model text goes to stdout raw (no markup), as it arrives."""
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def show_stats(stats: Any) -> None:
+    if stats is None:
+        out.print("no turn yet")
+        return
+    out.print(f"prompt {stats.prompt_tokens} tokens ({stats.prompt_evaluated} evaluated, {stats.prompt_reused} reused) "
+              f"in {stats.prompt_seconds:.2f} s, {stats.prompt_tps:.0f} tok/s; answer {stats.generated_tokens} tokens "
+              f"in {stats.generate_seconds:.2f} s, {stats.generate_tps:.1f} tok/s ({stats.finish_reason})")
+
+
+def show_reply_end(reply: Any) -> None:
+    """After a streamed answer: end the line, then say how it ended if not naturally, and list its tool calls."""
+    sys.stdout.write("\n")
+    reason = reply.stats.finish_reason if reply.stats else "interrupted"
+    if reason == "interrupted":
+        out.print("[yellow][stopped][/]")
+    elif reason in ("length", "context"):
+        out.print(f"[yellow][cut: {'max_tokens reached' if reason == 'length' else 'context full'}][/]")
+    for call in reply.tool_calls:
+        args = json.dumps(call.arguments, ensure_ascii=False)
+        out.print(f"[cyan]tool call[/] {escape(call.name)} {escape(args)}")
+    if reply.tool_error:
+        warn(escape(f"malformed tool call: {reply.tool_error}"))
+
+
+def notice(message: str) -> None:
+    out.print(f"[dim]{escape(message)}[/]")
+
+
+def show_extract_summary(s: Any) -> None:
+    err.print(f"extracted {s.ok} of {s.total} inputs ({s.failed} failed) -> {s.output}")
+
+
+def show_profiles(profiles: list[Any]) -> None:
+    rows = [[p.name, p.title, p.cpu["arch"], str(p.cpu["cores"]), f"{p.memory['bandwidth_gbs']:g} GB/s",
+             ", ".join(p.recommend.get("types", []))] for p in profiles]
+    rows.append(["host", "this machine (built at run time)", "", "", "", ""])
+    _table(["name", "device", "arch", "cores", "bandwidth", "recommended"], rows, "llrrrl")
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:,.0f} {unit}"
+
+
+def show_profile(p: Any, prediction: Any = None) -> None:
+    rt = p.runtime
+    rows = [
+        ("device", f"{p.title} ({p.kind})"),
+        ("cpu", f"{p.cpu['model']}; {p.cpu['arch']} {p.cpu.get('isa', '')}"),
+        ("features", ", ".join(p.cpu.get("features", [])) + (f"; lacks {', '.join(p.cpu['lacks'])}" if p.cpu.get("lacks") else "")),
+        ("memory", f"{p.memory['size_gb']} GB {p.memory.get('type', '')}, {p.memory['bandwidth_gbs']:g} GB/s ({p.memory.get('bandwidth_source', '')})"),
+        ("build", p.build.get("cmake_args", "")),
+        ("runtime", f"threads {rt.get('threads')}, n_batch {rt.get('n_batch')}, n_ubatch {rt.get('n_ubatch')}, "
+                    f"mmap {rt.get('use_mmap')}, flash_attn {rt.get('flash_attn')}, KV {rt.get('type_k')}/{rt.get('type_v')}, "
+                    f"n_ctx {rt.get('n_ctx')}"),
+        ("recommended", f"{', '.join(p.recommend.get('types', []))}: {p.recommend.get('reason', '')}"),
+    ]
+    for pub in p.published:
+        rows.append(("published", f"{pub.model} {pub.quant or ''}: decode {_fmt(pub.decode_tps, 'tok/s')}, prefill "
+                                  f"{_fmt(pub.prefill_tps, 'tok/s')}, memory {_fmt(pub.memory_mb, 'MB')} "
+                                  f"[{pub.engine}; {pub.conditions}; {pub.source}]"))
+    if prediction is not None:
+        m = prediction.memory
+        rows.append(("PREDICTED", f"{prediction.model}: decode {_fmt(prediction.decode_tps, 'tok/s')}, prefill "
+                                  f"{_fmt(prediction.prefill_tps, 'tok/s')}, memory {m.total_mb:,.0f} MB (weights "
+                                  f"{m.weights_mb:,.0f}, KV {m.kv_cache_mb:,.0f}, conv {m.conv_state_mb:,.1f}, compute "
+                                  f"{m.compute_mb:,.0f}, process {m.overhead_mb:,.0f}) - a prediction, not a measurement"))
+        rows.append(("calibration", prediction.efficiency.basis))
+    _rows(rows)
+
+
+def show_detection(d: Any) -> None:
+    rows = [("this machine", f"{d.host['model']}, {d.host['arch']}, {d.host['cores']} CPUs"),
+            ("features", ", ".join(d.host["features"]) or "-"),
+            ("llama.cpp", d.system_info)]
+    if d.best is None:
+        rows.append(("closest profile", f"none for {d.host['arch']}: use --profile host"))
+    for name, lacking in d.matches.items():
+        mark = "closest: " if name == d.best else ""
+        rows.append((name, mark + ("has every feature of this profile" if not lacking else "lacks " + ", ".join(lacking))))
+    _rows(rows)
+
+
+def show_recipe(r: Any) -> None:
+    out.print(f"[bold]{r.title}[/] ({r.profile})")
+    if r.notes:
+        out.print(r.notes)
+    for i, (what, commands) in enumerate(r.steps, 1):
+        out.print(f"\n[bold]{i}. {what}[/]")
+        out.print(commands, markup=False)

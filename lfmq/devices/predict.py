@@ -1,0 +1,178 @@
+"""Predictions for devices not at hand: decode is memory-bound (bytes read per token against bandwidth), prefill is
+compute-bound (2 FLOPs per weight against peak SIMD throughput), each scaled by one efficiency factor per profile,
+calibrated on that profile's published figures. Memory is the budget llama.cpp allocates: weights, KV cache of the
+attention layers, conv state, compute buffers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lfmq.devices.profiles import Profile, Published, builtin_profiles
+
+# Reference files behind the published figures: tensor bytes (what a decoded token reads: both models are tied)
+# of each published model and type, from lfmq's shape-exact synthetic models quantized by llama.cpp (their file
+# sizes are within 0.01% of Liquid's), and parameter counts.
+REFERENCE_BYTES = {
+    ("LFM2.5-350M", "Q4_0"): 216_923_136,
+    ("LFM2.5-350M", "Q4_K_M"): 226_925_568,
+    ("LFM2.5-350M", "Q8_0"): 376_830_976,
+    ("LFM2.5-1.2B", "Q4_0"): 693_365_760,
+}
+REFERENCE_PARAMS = {"LFM2.5-350M": 354_483_968, "LFM2.5-1.2B": 1_170_340_608}
+ASSUMED_QUANT = "Q4_0"  # figures published without a type: llama.cpp's CPU default for speed, as in the 1.2B figures
+RUNTIME_OVERHEAD_MB = 40.0  # the process itself: Python, llama.cpp's code, allocator slack (measured on the host)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a prediction needs to know of a GGUF."""
+
+    path: Path
+    file_bytes: int
+    tensor_bytes: int
+    bytes_per_token: int   # weights read to decode one token (a tied embedding is read whole, as the LM head)
+    params: int
+    n_layer: int
+    n_attn: int
+    n_embd: int
+    kv_dim: int            # n_head_kv * head_dim
+    n_vocab: int
+    l_cache: int
+
+
+def model_shape(path: str | Path) -> ModelShape:
+    from lfmq.inspect import field_value, open_gguf
+
+    r = open_gguf(path)
+    arch = field_value(r, "general.architecture")
+    kv = field_value(r, f"{arch}.attention.head_count_kv")
+    kv_list = kv if isinstance(kv, list) else [kv] * int(field_value(r, f"{arch}.block_count"))
+    n_embd = int(field_value(r, f"{arch}.embedding_length"))
+    head_dim = n_embd // int(field_value(r, f"{arch}.attention.head_count"))
+    tensors = {t.name: t for t in r.tensors}
+    total = sum(int(t.n_bytes) for t in tensors.values())
+    embd = tensors["token_embd.weight"]
+    # untied: the embedding contributes one row per token; tied: it is the LM head and is read whole
+    per_token = total - int(embd.n_bytes) + int(embd.n_bytes) // int(embd.shape[1]) if "output.weight" in tensors else total
+    return ModelShape(
+        path=Path(path), file_bytes=Path(path).stat().st_size, tensor_bytes=total, bytes_per_token=per_token,
+        params=sum(int(t.n_elements) for t in tensors.values()), n_layer=len(kv_list),
+        n_attn=sum(1 for k in kv_list if k), n_embd=n_embd, kv_dim=max(kv_list) * head_dim,
+        n_vocab=int(embd.shape[1]), l_cache=int(field_value(r, f"{arch}.shortconv.l_cache", 3) or 3),
+    )
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    weights_mb: float
+    kv_cache_mb: float
+    conv_state_mb: float
+    compute_mb: float
+    overhead_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        return self.weights_mb + self.kv_cache_mb + self.conv_state_mb + self.compute_mb + self.overhead_mb
+
+
+def memory_budget(m: ModelShape, n_ctx: int, n_ubatch: int, kv_bytes: float = 2.0, use_mmap: bool = False) -> MemoryBudget:
+    """What llama.cpp allocates: weights (twice with mmap: mapped pages plus the repacked copy), the KV cache of the
+    attention layers only, the conv layers' rolling state, and compute buffers sized for one ubatch."""
+    mb = 1024 * 1024
+    weights = m.tensor_bytes * (2 if use_mmap else 1)
+    kv = m.n_attn * n_ctx * m.kv_dim * 2 * kv_bytes
+    conv = (m.n_layer - m.n_attn) * (m.l_cache - 1) * 3 * m.n_embd * 4
+    # activations of one ubatch through the widest layer, plus the logits row of the last token
+    compute = n_ubatch * (4 * m.n_embd + 3 * m.kv_dim) * 4 * 2 + m.n_vocab * 4 * 2
+    return MemoryBudget(weights / mb, kv / mb, conv / mb, compute / mb, RUNTIME_OVERHEAD_MB)
+
+
+def peak_gflops(p: Profile) -> float:
+    """Nominal int8 multiply-add throughput: cores x GHz x SIMD units x int8 lanes x 2 (all-core clocks are lower,
+    which the efficiency factor absorbs)."""
+    return p.cpu["cores"] * p.cpu["frequency_ghz"] * p.cpu.get("fma_units", 2) * (p.cpu["simd_bits"] / 8) * 2
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    decode: float | None
+    prefill: float | None
+    basis: str
+
+
+def _ref(pub: Published) -> tuple[int, int] | None:
+    key = (pub.model, pub.quant or ASSUMED_QUANT)
+    if key not in REFERENCE_BYTES:
+        return None
+    return REFERENCE_BYTES[key], REFERENCE_PARAMS[pub.model]
+
+
+def calibrate(p: Profile) -> Efficiency:
+    """Share of peak bandwidth (decode) and peak compute (prefill) the published figures imply, averaged."""
+    dec, pre, used = [], [], []
+    for pub in p.published:
+        ref = _ref(pub)
+        if ref is None:
+            continue
+        nbytes, params = ref
+        if pub.decode_tps:
+            dec.append(pub.decode_tps * nbytes / (p.bandwidth_gbs * 1e9))
+        if pub.prefill_tps:
+            pre.append(pub.prefill_tps * 2 * params / (peak_gflops(p) * 1e9))
+        used.append(f"{pub.model} {pub.quant or ASSUMED_QUANT + ' (assumed)'}")
+    return Efficiency(float(np.mean(dec)) if dec else None, float(np.mean(pre)) if pre else None,
+                      "; ".join(used) or "no published figure")
+
+
+def efficiency(p: Profile) -> Efficiency:
+    """A profile's own calibration, completed from profiles of the same architecture where it has no figure."""
+    own = calibrate(p)
+    if own.decode is not None and own.prefill is not None:
+        return own
+    kin = [calibrate(q) for q in builtin_profiles().values() if q.arch == p.arch and q.name != p.name]
+    dec = own.decode if own.decode is not None else _mean([k.decode for k in kin])
+    pre = own.prefill if own.prefill is not None else _mean([k.prefill for k in kin])
+    return Efficiency(dec, pre, own.basis + f"; missing factors from other {p.arch} profiles")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted figures for one model on one profile: labelled as predictions everywhere they are shown."""
+
+    profile: str
+    model: str
+    decode_tps: float | None
+    prefill_tps: float | None
+    memory: MemoryBudget
+    efficiency: Efficiency
+    published: list[Published] = field(default_factory=list)
+
+
+def predict(p: Profile, m: ModelShape, n_ctx: int | None = None) -> Prediction:
+    eff = efficiency(p)
+    rt = p.runtime
+    decode = eff.decode * p.bandwidth_gbs * 1e9 / m.bytes_per_token if eff.decode and p.bandwidth_gbs else None
+    prefill = eff.prefill * peak_gflops(p) * 1e9 / (2 * m.params) if eff.prefill else None
+    budget = memory_budget(m, n_ctx or rt.get("n_ctx", 4096), rt.get("n_ubatch", 512), use_mmap=rt.get("use_mmap", False))
+    return Prediction(p.name, m.path.name, decode, prefill, budget, eff, p.published)
+
+
+def measure_bandwidth(mb: int = 256, repeats: int = 5) -> float:
+    """Copy bandwidth of this machine in GB/s (bytes read + written per second, best of a few copies)."""
+    src = np.ones(mb * 1024 * 1024 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9

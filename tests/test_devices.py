@@ -1,0 +1,105 @@
+"""Device profiles are complete data, detection reads this machine, predictions reproduce their calibration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from lfmq.devices.predict import (REFERENCE_BYTES, calibrate, efficiency, memory_budget, model_shape, peak_gflops,
+                                  predict)
+from lfmq.devices.profiles import builtin_profiles, cpuinfo, detect, get_profile, host_profile
+from lfmq.devices.recipes import recipe
+from lfmq.errors import UsageError
+
+NAMES = ["rpi5", "ryzen-ai-9-hx-370", "ryzen-ai-max-395", "snapdragon-8-elite"]
+
+
+def test_the_four_devices_are_there():
+    assert list(builtin_profiles()) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_profile_is_complete(name):
+    p = get_profile(name)
+    assert {"model", "arch", "isa", "features", "cores", "frequency_ghz", "simd_bits", "fma_units", "source"} <= set(p.cpu)
+    assert p.memory["bandwidth_gbs"] > 0 and p.memory["bandwidth_source"]
+    assert p.build["cmake_args"]
+    assert {"threads", "n_batch", "n_ubatch", "use_mmap", "flash_attn", "type_k", "type_v", "n_ctx"} <= set(p.runtime)
+    assert p.recommend["types"] and p.recommend["reason"]
+    assert p.published and all(pub.source and pub.conditions for pub in p.published)
+
+
+@pytest.mark.parametrize("name", ["rpi5", "ryzen-ai-9-hx-370", "ryzen-ai-max-395"])
+def test_calibration_reproduces_published_decode(name):
+    """A single published figure calibrates the profile exactly: predicting that model gives that figure back."""
+    p = get_profile(name)
+    (pub,) = [pub for pub in p.published if pub.decode_tps]
+    nbytes = REFERENCE_BYTES[(pub.model, pub.quant or "Q4_0")]
+    assert calibrate(p).decode * p.bandwidth_gbs * 1e9 / nbytes == pytest.approx(pub.decode_tps)
+
+
+def test_snapdragon_averages_its_two_figures():
+    p = get_profile("snapdragon-8-elite")
+    eff = calibrate(p)
+    for pub in p.published:
+        predicted = eff.decode * p.bandwidth_gbs * 1e9 / REFERENCE_BYTES[(pub.model, pub.quant or "Q4_0")]
+        assert predicted == pytest.approx(pub.decode_tps, rel=0.35)  # one factor for both sizes: within a third
+
+
+def test_efficiencies_are_physical():
+    for p in builtin_profiles().values():
+        eff = efficiency(p)
+        assert 0 < eff.decode < 1 and 0 < eff.prefill < 1, p.name
+        assert peak_gflops(p) > 0
+
+
+def test_memory_budget_counts_attention_layers_only(small_f16):
+    m = model_shape(small_f16)
+    assert (m.n_layer, m.n_attn, m.kv_dim) == (4, 2, 128)
+    b = memory_budget(m, n_ctx=4096, n_ubatch=512)
+    assert b.kv_cache_mb == pytest.approx(2 * 4096 * 128 * 2 * 2 / 2**20)  # 2 attention layers, K and V, f16
+    assert memory_budget(m, 4096, 512, use_mmap=True).weights_mb == pytest.approx(2 * b.weights_mb)
+    assert b.total_mb > b.weights_mb
+
+
+def test_prediction_for_a_file(small_f16):
+    pred = predict(get_profile("rpi5"), model_shape(small_f16))
+    assert pred.decode_tps > 0 and pred.prefill_tps > 0 and pred.memory.total_mb > 0
+
+
+def test_detect_this_machine():
+    d = detect()
+    host = cpuinfo()
+    assert d.host == host and host["cores"] >= 1
+    assert all(get_profile(n).arch == host["arch"] for n in d.matches)
+    assert d.best is None or d.best in d.matches
+    assert host_profile().runtime["threads"] == host["cores"]
+
+
+@pytest.mark.parametrize("name,needle", [
+    ("snapdragon-8-elite", "android.toolchain.cmake"),
+    ("snapdragon-8-elite", "pkg install"),  # Termux
+    ("rpi5", "-DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16"),
+    ("ryzen-ai-max-395", 'CMAKE_ARGS="-DGGML_NATIVE=ON"'),
+])
+def test_recipes(name, needle):
+    text = "\n".join(cmd for _, cmd in recipe(get_profile(name)).steps)
+    assert needle in text and "llama-cpp-python==0.3.36" in text
+
+
+def test_unknown_profile():
+    with pytest.raises(UsageError, match="unknown device profile 'nope'"):
+        get_profile("nope")
+
+
+def test_cli_devices(small_f16):
+    r = run_cli("devices", "--json")
+    assert r.returncode == 0 and [p["name"] for p in json.loads(r.stdout)] == NAMES
+    r = run_cli("devices", "show", "rpi5", "--model", str(small_f16))
+    assert r.returncode == 0 and "PREDICTED" in r.stdout and "a prediction, not a measurement" in r.stdout
+    r = run_cli("devices", "recipe", "rpi5")
+    assert r.returncode == 0 and "armv8.2-a+dotprod+fp16" in r.stdout
+    r = run_cli("devices", "show", "nope")
+    assert r.returncode == 2 and r.stderr.startswith("error: unknown device profile 'nope'")
