@@ -1,0 +1,139 @@
+"""The terminal side of the runtime commands: opening a model with its warnings shown, and the `lfmq chat` loop
+(read a line, run a /command or stream an answer; Ctrl-C stops an answer, not the session).
+
+CLI layer, like cli.py: it reads the terminal with input() and shows everything through ui."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from lfmq import ui
+from lfmq.errors import LfmqError
+from lfmq.runtime.chat import Chat
+from lfmq.runtime.model import Model, load
+
+PROMPT = "> "
+HELP = "/reset  /system [TEXT]  /tool RESULT  /stats  /exit   (Ctrl-C stops an answer, Ctrl-D quits)"
+
+
+class StopFlag:
+    """While active, Ctrl-C sets a flag that the generation loop polls between tokens, instead of raising inside it."""
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopFlag:
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.is_set = True
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __call__(self) -> bool:
+        return self.is_set
+
+
+def open_model(path: Path, profile: str | None, n_ctx: int | None, threads: int | None) -> Model:
+    """load() for the runtime commands: its warnings shown through ui, then a line about the model."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = load(path, profile=profile, n_ctx=n_ctx, threads=threads)
+    for w in caught:
+        ui.warn(str(w.message))
+    ui.show_model(m)
+    return m
+
+
+def answer(session: Chat, content: str, role: str = "user") -> None:
+    """Stream one answer to the terminal."""
+    with StopFlag() as stop:
+        for chunk in session.stream(content, role=role, interrupt=stop):
+            ui.stream_text(chunk.text)
+    assert session.last is not None
+    ui.show_reply_end(session.last)
+
+
+def _reset(session: Chat, arg: str) -> bool:
+    session.reset()
+    ui.notice("conversation cleared")
+    return True
+
+
+def _system(session: Chat, arg: str) -> bool:
+    if not arg:
+        ui.notice(f"system prompt: {session.system or '(none)'}")
+        return True
+    session.system = arg
+    ui.notice("system prompt set; the next turn re-reads the conversation")
+    return True
+
+
+def _tool(session: Chat, arg: str) -> bool:
+    if not arg:
+        ui.notice("usage: /tool RESULT (the tool's output, e.g. JSON)")
+        return True
+    answer(session, arg, role="tool")
+    return True
+
+
+def _stats(session: Chat, arg: str) -> bool:
+    ui.show_stats(session.last.stats if session.last else None)
+    return True
+
+
+def _help(session: Chat, arg: str) -> bool:
+    ui.notice(HELP)
+    return True
+
+
+COMMANDS: dict[str, Callable[[Chat, str], bool]] = {
+    "/reset": _reset, "/system": _system, "/tool": _tool, "/stats": _stats, "/help": _help,
+    "/exit": lambda s, a: False, "/quit": lambda s, a: False,
+}
+
+
+def command(session: Chat, line: str) -> bool:
+    """Run a /command; False means leave the session."""
+    name, _, arg = line.strip().partition(" ")
+    handler = COMMANDS.get(name)
+    if handler is None:
+        ui.notice(f"unknown command {name}: {HELP}")
+        return True
+    return handler(session, arg.strip())
+
+
+def run(session: Chat, read: Callable[[str], str] = input) -> None:
+    """The loop. When stdin is not a terminal, each line read is echoed so that a transcript reads well."""
+    echo = not sys.stdin.isatty()
+    if not echo:
+        import readline  # noqa: F401  (line editing and history for input())
+    ui.notice(HELP)
+    while True:
+        try:
+            line = read(PROMPT)
+        except EOFError:
+            ui.stream_text("\n")
+            return
+        except KeyboardInterrupt:  # at the prompt: a fresh line, the session goes on
+            ui.stream_text("\n")
+            continue
+        if echo:
+            ui.stream_text(line + "\n")
+        if not line.strip():
+            continue
+        try:
+            if line.lstrip().startswith("/"):
+                if not command(session, line):
+                    return
+            else:
+                answer(session, line)
+        except LfmqError as e:  # a message too long for the context, say: the session goes on
+            ui.error(str(e))

@@ -1,0 +1,269 @@
+"""Schema-constrained extraction: the JSON schema becomes a llama.cpp grammar (through the binding's converter), so
+every finished output parses; each is then validated against the schema with jsonschema. Keywords the grammar
+cannot enforce (minimum, uniqueItems, ...) are listed up front, and an output that breaks one is an item error."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
+
+from lfmq.runtime.errors import ContextOverflowError, SchemaError
+from lfmq.runtime.generate import stream_generate
+from lfmq.runtime.model import Model
+
+SYSTEM = ("Extract the information in the user's text as JSON that follows this JSON schema:\n{schema}\n"
+          "Answer with the JSON only.")
+UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties",
+              "maxProperties", "uniqueItems", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+              "contains", "minContains", "maxContains", "patternProperties", "propertyNames", "oneOf",
+              "unevaluatedProperties", "unevaluatedItems")
+GRAMMAR_FORMATS = ("date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5")
+SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+# JSON strings may not hold raw control characters; the binding's converter lets them through
+CHAR_RULE = re.compile(r'^char ::= \[\^"\\\\\]', re.M)
+STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
+
+
+def converter() -> Any:
+    """llama-cpp-python's JSON-schema-to-GBNF converter (a port of llama.cpp's)."""
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def fix_char_rule(grammar: str) -> str:
+    """No raw control characters in strings, and exponents of at most two digits (1e999999 would be infinity)."""
+    grammar = CHAR_RULE.sub(lambda _: STRICT_CHAR, grammar)
+    return grammar.replace('([eE] [-+]? integral-part)?', '([eE] [-+]? [0-9] [0-9]?)?')
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A checked JSON schema with its grammar."""
+
+    schema: dict[str, Any]
+    grammar: str
+    origin: str
+    unenforced: tuple[str, ...]   # keywords present that decoding cannot enforce (validation still checks them)
+
+
+def _subschemas(node: Mapping[str, Any]) -> Iterator[Any]:
+    for key in SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), Mapping):
+            yield from node[key].values()
+    for key in SUBSCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            yield from node[key]
+    for key in SUBSCHEMAS:
+        value = node.get(key)
+        yield from value if isinstance(value, list) else [value]
+
+
+def _unenforced(node: Any, found: set[str]) -> set[str]:
+    if isinstance(node, Mapping):
+        found.update(k for k in UNENFORCED if k in node)
+        if isinstance(node.get("format"), str) and node["format"] not in GRAMMAR_FORMATS:
+            found.add(f"format: {node['format']}")
+        for sub in _subschemas(node):
+            _unenforced(sub, found)
+    return found
+
+
+def _read_schema(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SchemaError(f"cannot read schema {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SchemaError(f"schema {path} is not JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+
+
+def load_schema(schema: str | Path | Mapping[str, Any]) -> Schema:
+    """Read (if a path), check against the JSON Schema meta-schema, and convert to a grammar."""
+    import jsonschema
+
+    origin = "schema" if isinstance(schema, Mapping) else str(schema)
+    value = dict(schema) if isinstance(schema, Mapping) else _read_schema(Path(schema))
+    if not isinstance(value, dict):
+        raise SchemaError(f"{origin}: a schema must be a JSON object, not {type(value).__name__}")
+    try:
+        jsonschema.validators.validator_for(value).check_schema(value)
+    except jsonschema.SchemaError as e:
+        where = "/".join(str(p) for p in e.path)
+        raise SchemaError(f"{origin} is not a valid JSON Schema{f' at {where}' if where else ''}: {e.message}") from None
+    try:
+        conv = converter()
+        conv.visit(conv.resolve_refs(copy.deepcopy(value), origin), "")  # the converter rewrites $refs in place
+        grammar = fix_char_rule(conv.format_grammar())
+    except Exception as e:  # the converter asserts, raises KeyError, ValueError ... on what it cannot express
+        raise SchemaError(f"{origin}: lfmq cannot turn this schema into a grammar ({type(e).__name__}: {e})") from None
+    return Schema(value, grammar, origin, tuple(sorted(_unenforced(value, set()))))
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """One input's result: data that validates against the schema, or the reason there is none."""
+
+    source: str
+    data: Any = None
+    error: str | None = None
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json_line(self) -> str:
+        body = {"source": self.source, "data": self.data} if self.ok else {"source": self.source, "error": self.error}
+        return json.dumps(body, ensure_ascii=False, allow_nan=False)
+
+
+def _check(text: str, schema: Schema, finish: str, max_tokens: int | None) -> tuple[Any, str | None]:
+    import jsonschema
+
+    if finish != "stop":
+        return None, (f"the model did not finish the JSON ({finish}, max_tokens={max_tokens}): raise max_tokens "
+                      "or bound the schema (maxLength, maxItems)")
+    try:
+        data = json.loads(text, parse_float=_finite)
+    except json.JSONDecodeError as e:
+        return None, f"output is not JSON ({e.msg} at column {e.colno})"
+    except ValueError as e:
+        return None, f"output is not usable JSON ({e})"
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema.schema)(schema.schema)
+                                             .iter_errors(data))
+    if error is not None:
+        return None, f"output breaks the schema at {error.json_path}: {error.message}"
+    return data, None
+
+
+class _Prompter:
+    """Prompt tokens for each input; the system part (schema and instruction) is shared, so it is snapshotted."""
+
+    def __init__(self, model: Model, schema: Schema, system: str | None) -> None:
+        self.model = model
+        content = (system or SYSTEM).replace("{schema}", json.dumps(schema.schema, ensure_ascii=False))
+        self.system = {"role": "system", "content": content}
+        self.prefix_text = model.render([self.system], add_generation_prompt=False)
+        self.prefix = model.tokenize(self.prefix_text)
+
+    def __call__(self, text: str) -> tuple[list[int], int]:
+        full = self.model.render([self.system, {"role": "user", "content": text}])
+        if full.startswith(self.prefix_text):  # the split falls on <|im_start|>, a control token
+            return self.prefix + self.model.tokenize(full[len(self.prefix_text):]), len(self.prefix)
+        return self.model.tokenize(full), 0
+
+
+def _banned(model: Model) -> tuple[int, ...]:
+    """Chat and tool markers have no place in JSON; byte pieces of split characters would fool the grammar's counts
+    (characters the vocabulary only has as pieces can still be written as \\u escapes)."""
+    return model.control_tokens() + model.split_utf8_tokens()
+
+
+def _one(model: Model, prompter: _Prompter, source: str, text: str, schema: Schema, max_tokens: int | None,
+         overrides: dict[str, Any]) -> Extraction:
+    started = time.perf_counter()
+    tokens, shared = prompter(text)
+    out: list[int] = []
+    finish = "stop"
+    try:
+        for chunk in stream_generate(model, tokens, grammar=schema.grammar, ban_tokens=_banned(model),
+                                     max_tokens=max_tokens, snapshot_at=shared, **overrides):
+            out.extend(chunk.tokens)
+            finish = chunk.stats.finish_reason if chunk.stats else finish
+    except ContextOverflowError as e:
+        return Extraction(source, error=str(e), seconds=time.perf_counter() - started)
+    data, error = _check(model.detokenize(out), schema, finish, max_tokens)
+    return Extraction(source, data, error, len(out), time.perf_counter() - started)
+
+
+def extract(model: Model, text: str, schema: Schema | str | Path | Mapping[str, Any], *, source: str = "<text>",
+            system: str | None = None, max_tokens: int | None = 1024, **overrides: Any) -> Extraction:
+    """Extract JSON that validates against `schema` from one text."""
+    spec = schema if isinstance(schema, Schema) else load_schema(schema)
+    return _one(model, _Prompter(model, spec, system), source, text, spec, max_tokens, overrides)
+
+
+@dataclass(frozen=True)
+class Input:
+    """One item of a batch: its text, or why it could not be read."""
+
+    source: str
+    text: str | None
+    error: str | None = None
+
+
+def read_inputs(paths: Sequence[str | Path], *, lines: bool = False, stdin: TextIO | None = None) -> list[Input]:
+    """Inputs from files ("-" is stdin); with lines=True each non-blank line is its own input (source file:N)."""
+    items: list[Input] = []
+    for p in paths:
+        source = "<stdin>" if str(p) == "-" else str(p)
+        try:
+            text = (stdin or sys.stdin).read() if str(p) == "-" else Path(p).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            items.append(Input(source, None, f"{source} is not UTF-8 text"))
+            continue
+        except OSError as e:
+            items.append(Input(source, None, f"cannot read {source}: {e.strerror or e}"))
+            continue
+        if lines:
+            items += [Input(f"{source}:{i}", line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        else:
+            items.append(Input(source, text))
+    return items
+
+
+def extract_many(model: Model, inputs: Iterable[Input | tuple[str, str]], schema: Schema | str | Path | Mapping[str, Any],
+                 *, system: str | None = None, max_tokens: int | None = 1024, **overrides: Any) -> Iterator[Extraction]:
+    """Extract from each input in turn; a failed item yields an Extraction with its error and the batch goes on."""
+    spec = schema if isinstance(schema, Schema) else load_schema(schema)
+    prompter = _Prompter(model, spec, system)
+    for item in inputs:
+        item = item if isinstance(item, Input) else Input(item[0], item[1])
+        if item.text is None:
+            yield Extraction(item.source, error=item.error or "unreadable input")
+        else:
+            yield _one(model, prompter, item.source, item.text, spec, max_tokens, overrides)
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """How a batch went."""
+
+    total: int
+    ok: int
+    failed: int
+    written: int
+    output: str
+
+
+def run_batch(model: Model, inputs: Sequence[Input], schema: Schema, out: TextIO, *, output_name: str = "<stdout>",
+              progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> BatchSummary:
+    """extract_many, writing one JSON line per input and flushing it at once (an interrupt loses nothing written)."""
+    ok = done = 0
+    for result in extract_many(model, inputs, schema, **kwargs):
+        out.write(result.to_json_line() + "\n")
+        out.flush()
+        done += 1
+        ok += result.ok
+        if progress:
+            progress(done, len(inputs))
+    return BatchSummary(len(inputs), ok, done - ok, done, output_name)
