@@ -34,6 +34,16 @@ demo: setup
 	@echo "== 4. the Q4-Q8 ladder through llama.cpp's quantizer, measured against the F16 (random weights: the"
 	@echo "==    quality columns exercise the measurement; they say nothing about the real model's quality)"
 	$(BIN)/lfmq quantize $(DEMO)/LFM2.5-350M-synthetic-F16.gguf -q ladder -o $(DEMO) --force --eval --eval-chunks 4
+	@echo "== 5. extraction constrained by a JSON schema (RANDOM weights: the values are noise; the JSON always validates)"
+	$(BIN)/lfmq extract $(DEMO)/LFM2.5-350M-synthetic-Q4_0.gguf --schema examples/person.schema.json --lines examples/people.txt --seed 0
+	@echo "== 6. one tool-call round: a forced call, the tool's result, the answer (RANDOM weights: the text is noise;"
+	@echo "==    parsing and the reuse of the conversation state are real)"
+	$(BIN)/lfmq chat $(DEMO)/LFM2.5-350M-synthetic-Q4_0.gguf --tools examples/weather-tools.json --tool-choice required --max-tokens 160 --seed 0 < examples/tool-round.txt
+	@echo "== 7. a host benchmark of the ladder, with predictions for the Raspberry Pi 5 profile beside the published figures"
+	$(BIN)/lfmq bench $(DEMO)/LFM2.5-350M-synthetic-Q4_0.gguf $(DEMO)/LFM2.5-350M-synthetic-Q4_K_M.gguf \
+		$(DEMO)/LFM2.5-350M-synthetic-Q5_K_M.gguf $(DEMO)/LFM2.5-350M-synthetic-Q6_K.gguf \
+		$(DEMO)/LFM2.5-350M-synthetic-Q8_0.gguf -p 256 -n 64 -r 2 --report $(DEMO)/bench-report --force
+	@echo "== the HTML report: $(CURDIR)/$(DEMO)/bench-report/report.html"
 
 test: setup-test
 	$(BIN)/python -m pytest -q

@@ -175,6 +175,56 @@ def eval_models(
     ui.print_json(report) if json else ui.show_eval(report)
 
 
+@app.command()
+def bench(
+    models: Annotated[Optional[list[Path]], typer.Argument(help="GGUF files to measure.", show_default=False)] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Device profile for knobs and predictions (default: host).")] = None,
+    n_prompt: Annotated[int, typer.Option("-p", "--n-prompt", help="Prompt tokens (pp test; 0 to skip).")] = 512,
+    n_gen: Annotated[int, typer.Option("-n", "--n-gen", help="Generated tokens (tg test; 0 to skip).")] = 128,
+    reps: Annotated[int, typer.Option("-r", "--reps", help="Repetitions per test.")] = 5,
+    threads: Annotated[Optional[str], typer.Option("-t", "--threads", help="Thread counts, comma-separated (a sweep).")] = None,
+    depth: Annotated[int, typer.Option(help="Tokens already in the context before each test.")] = 0,
+    json: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON to FILE.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and report.html to DIR.")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two report JSON files (B / A).")] = None,
+    force: Force = False,
+) -> None:
+    """Measure prompt processing, generation, time to first token and peak memory, like llama-bench."""
+    from lfmq import ui
+    from lfmq.devices import bench as b
+    from lfmq.errors import UsageError
+
+    if compare:
+        ui.show_compare(b.compare(*compare))
+        return
+    if not models:
+        raise UsageError("give one or more GGUF files to measure (or --compare A.json B.json)")
+    counts = _int_list(threads, "--threads") if threads else None
+    with ui.step_bar("bench") as progress:
+        result = b.bench(models, profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=counts,
+                         depth=depth, progress=progress)
+    ui.show_bench(result)
+    if json:
+        ui.write_json(result, json, force)
+    if report:
+        from lfmq.devices.report import write_report
+
+        for path in write_report(result, report, force):
+            ui.out.print(f"wrote {path}")
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from lfmq.errors import UsageError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give whole numbers separated by commas (e.g. 1,2,4)") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{option} {text!r}: give whole numbers of at least 1")
+    return values
+
+
 devices_app = typer.Typer(help="Device profiles: list, show, detect this machine, build recipes.", no_args_is_help=False)
 app.add_typer(devices_app, name="devices")
 
@@ -247,11 +297,152 @@ def _read_text(path: Path | None, default_name: str) -> tuple[str | None, str]:
     return text, path.name
 
 
+# -- runtime: generate, chat, extract --------------------------------------------------------------------------
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Device profile name, or a .json/.toml file of runtime knobs.")]
+NCtx = Annotated[Optional[int], typer.Option("--n-ctx", help="Context window in tokens (default 4096, or the profile's).")]
+MaxTokens = Annotated[int, typer.Option("--max-tokens", help="Stop an answer after this many tokens.")]
+Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature (default 0.1; 0 = greedy).")]
+TopK = Annotated[Optional[int], typer.Option("--top-k", help="Top-k sampling (default 50).")]
+TopP = Annotated[Optional[float], typer.Option("--top-p", help="Top-p sampling (default 1.0: off).")]
+RepeatPenalty = Annotated[Optional[float], typer.Option("--repeat-penalty", help="Repeat penalty (default 1.05).")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed: the same seed gives the same answer.")]
+IgnoreEos = Annotated[bool, typer.Option("--ignore-eos", help="Keep generating past the end of the turn (benchmarks).")]
+ToolsFile = Annotated[Optional[Path], typer.Option("--tools", help="JSON file: a list of OpenAI-style function definitions.")]
+ToolChoice = Annotated[str, typer.Option("--tool-choice", help="auto, required (force a call) or none.")]
+System = Annotated[Optional[str], typer.Option("--system", help="System prompt.")]
+
+
+@app.command()
+def generate(
+    model: GGUFPath,
+    prompt: Annotated[str, typer.Option("-p", "--prompt", help="The prompt ('-' reads stdin).", show_default=False)],
+    system: System = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    tools: ToolsFile = None,
+    tool_choice: ToolChoice = "auto",
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
+    ignore_eos: IgnoreEos = False,
+    profile: ProfileOpt = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    json: Json = False,
+) -> None:
+    """Answer one prompt (for scripts): streams the text, or prints text, tool calls and stats as JSON."""
+    from lfmq import repl, ui
+    from lfmq.errors import UsageError
+    from lfmq.runtime.chat import collect, stream_chat
+    from lfmq.runtime.generate import stream_generate
+    from lfmq.runtime.tools import load_tools
+
+    if raw and (tools or system):
+        raise UsageError("--raw sends the prompt without the chat template: drop --tools and --system, or --raw")
+    text = sys.stdin.read() if prompt == "-" else prompt
+    tool_defs = load_tools(tools) if tools else None
+    m = repl.open_model(model, profile, n_ctx, threads)
+    knobs = dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
+                 repeat_penalty=repeat_penalty, seed=seed)
+    if raw:
+        stream = stream_generate(m, text, **knobs)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        stream = stream_chat(m, messages, tools=tool_defs, tool_choice=tool_choice, **knobs)
+    reply = collect(m, stream, None if json else ui.stream_text)
+    ui.print_json(reply) if json else ui.show_reply_end(reply)
+
+
+@app.command()
+def chat(
+    model: GGUFPath,
+    system: System = None,
+    tools: ToolsFile = None,
+    tool_choice: ToolChoice = "auto",
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
+    ignore_eos: IgnoreEos = False,
+    profile: ProfileOpt = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+) -> None:
+    """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /stats, /exit."""
+    from lfmq import repl
+    from lfmq.runtime import Chat
+    from lfmq.runtime.tools import load_tools
+
+    tool_defs = load_tools(tools) if tools else None
+    m = repl.open_model(model, profile, n_ctx, threads)
+    session = Chat(m, system=system, tools=tool_defs, tool_choice=tool_choice, max_tokens=max_tokens,
+                   ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
+                   repeat_penalty=repeat_penalty, seed=seed)
+    repl.run(session)
+
+
+@app.command()
+def extract(
+    model: GGUFPath,
+    schema: Annotated[Path, typer.Option("--schema", help="JSON schema file the outputs must validate against.", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Text files; '-' or none reads stdin.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output .jsonl (default: stdout).")] = None,
+    lines: Annotated[bool, typer.Option("--lines", help="Each non-blank line of the inputs is its own input.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="Instruction; {schema} is replaced by the schema.")] = None,
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    seed: Seed = None,
+    profile: ProfileOpt = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    force: Force = False,
+) -> None:
+    """Extract JSON that validates against a schema from each input: one JSON line per input, with its source."""
+    from lfmq import repl, ui
+    from lfmq.atomic import check_target
+    from lfmq.errors import UsageError
+    from lfmq.runtime.errors import ExtractionFailed
+    from lfmq.runtime.extract import load_schema, read_inputs, run_batch
+
+    spec = load_schema(schema)  # cheap checks first: schema, output, inputs, then the model
+    if spec.unenforced:
+        ui.warn(f"decoding cannot enforce {', '.join(spec.unenforced)}: outputs that break them become item errors")
+    if out:
+        check_target(out, force)
+    if not inputs and sys.stdin.isatty():
+        raise UsageError("no input: give text files, or pipe text into stdin")
+    items = read_inputs(inputs or ["-"], lines=lines)
+    m = repl.open_model(model, profile, n_ctx, threads)
+    name, done = str(out or "<stdout>"), [0]
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    stream = open(out, "w", encoding="utf-8") if out else sys.stdout
+    try:
+        with ui.progress_bar("extracting", bytes_unit=False) as bar:
+            summary = run_batch(m, items, spec, stream, output_name=name, system=system, max_tokens=max_tokens,
+                                temperature=temperature, seed=seed,
+                                progress=lambda i, n: (done.__setitem__(0, i), bar(i, n)))
+    except KeyboardInterrupt:
+        ui.warn(f"interrupted after {done[0]} of {len(items)} inputs: their lines are in {name}")
+        sys.exit(130)  # not `raise`: typer turns KeyboardInterrupt into a return value that main() drops
+    finally:
+        if out:
+            stream.close()
+    ui.show_extract_summary(summary)
+    if summary.failed:
+        raise ExtractionFailed(f"{summary.failed} of {summary.total} inputs failed: the 'error' field of their lines says why")
+
+
 def main() -> None:
     """Entry point: LfmqError -> one line on stderr and exit 1 (usage errors 2); LFMQ_DEBUG=1 keeps tracebacks."""
     debug = os.environ.get("LFMQ_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # Typer returns (not raises) the code of an interrupt or typer.Exit
     except LfmqError as e:
         if debug:
             raise
@@ -275,3 +466,7 @@ def main() -> None:
             e.show()
             sys.exit(2)
         raise
+    if rc == 130:
+        sys.stderr.write("interrupted\n")
+    if rc:
+        sys.exit(rc)

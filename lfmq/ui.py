@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 out = Console(highlight=False, soft_wrap=True)
@@ -33,11 +34,12 @@ def print_json(obj: Any) -> None:
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True)
+    """One line on stderr; the message is escaped (brackets in it are text, not rich markup)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
 
 
 @contextmanager
@@ -200,16 +202,16 @@ def show_stats(stats: Any) -> None:
 
 
 def show_reply_end(reply: Any) -> None:
-    """After a streamed answer: end the line, then say how it ended if not naturally, and list its tool calls."""
+    """After a streamed answer: end the line, then (on stderr) how it ended if not naturally, and its tool calls."""
     sys.stdout.write("\n")
     reason = reply.stats.finish_reason if reply.stats else "interrupted"
     if reason == "interrupted":
-        out.print("[yellow][stopped][/]")
+        err.print(f"[yellow]{escape('[stopped]')}[/]")
     elif reason in ("length", "context"):
-        out.print(f"[yellow][cut: {'max_tokens reached' if reason == 'length' else 'context full'}][/]")
+        err.print(f"[yellow]{escape('[cut: max_tokens reached]' if reason == 'length' else '[cut: context full]')}[/]")
     for call in reply.tool_calls:
         args = json.dumps(call.arguments, ensure_ascii=False)
-        out.print(f"[cyan]tool call[/] {escape(call.name)} {escape(args)}")
+        err.print(f"[cyan]tool call[/] {escape(call.name)} {escape(args)}")
     if reply.tool_error:
         warn(escape(f"malformed tool call: {reply.tool_error}"))
 
@@ -279,3 +281,34 @@ def show_recipe(r: Any) -> None:
     for i, (what, commands) in enumerate(r.steps, 1):
         out.print(f"\n[bold]{i}. {what}[/]")
         out.print(commands, markup=False)
+
+
+def write_json(obj: Any, path: Path, force: bool = False) -> None:
+    from lfmq.atomic import atomic_path
+
+    with atomic_path(Path(path), force) as tmp:
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
+    out.print(f"wrote {path}")
+
+
+def show_bench(rep: Any) -> None:
+    rows = []
+    for t in rep.tests:
+        rows.append([Path(t.model_filename).name, t.model_type, str(t.n_threads), t.name,
+                     f"{t.avg_ts:.2f} ± {t.stddev_ts:.2f}", f"{t.ttft_ms:.0f}", f"{t.load_ms:.0f}",
+                     f"{t.peak_rss_mb:.0f} ({t.rss_anon_mb:.0f}+{t.rss_file_mb:.0f})",
+                     f"{t.peak_rss_mb * 2**20 / t.file_bytes:.2f}x"])
+    _table(["model", "type", "threads", "test", "t/s", "TTFT ms", "load ms", "peak MB (anon+file)", "peak/file"],
+           rows, "llrlrrrrr")
+    for p in rep.predictions:
+        dec, pre = p["decode_tps"], p["prefill_tps"]
+        out.print(f"predicted on {p['profile']} (not measured): {p['model']} decode {_fmt(dec, 'tok/s')}, prefill "
+                  f"{_fmt(pre, 'tok/s')}, memory {p['memory_total_mb']:,.0f} MB")
+    out.print(f"build: llama-cpp-python {rep.build['llama_cpp_python']} (llama.cpp {rep.build['llama_cpp']}, "
+              f"libllama {rep.build['libllama_sha256']}); profile {rep.profile}")
+
+
+def show_compare(rows: list[dict]) -> None:
+    _table(["model", "test", "threads", "A t/s", "B t/s", "B/A", "A peak MB", "B peak MB", "B/A"],
+           [[r["model"], r["test"], str(r["threads"]), f"{r['a_ts']:.2f}", f"{r['b_ts']:.2f}", f"{r['ts_ratio']:.3f}",
+             f"{r['a_rss_mb']:.0f}", f"{r['b_rss_mb']:.0f}", f"{r['rss_ratio']:.3f}"] for r in rows], "llrrrrrrr")

@@ -183,3 +183,9 @@ def test_synth_cli_says_weights_are_random(tmp_path):
     r = run_cli("synth", "tiny", "-o", str(tmp_path / "s"))
     assert (r.returncode, r.stderr) == (1, f"error: {tmp_path / 's'} exists and is not empty: pass --force to overwrite it\n")
     shutil.rmtree(tmp_path / "s")
+
+
+def test_error_text_with_brackets_is_not_markup(tmp_path):
+    """rich would read `[/x]` as a closing tag; the error line must show it as text."""
+    r = run_cli("convert", "./[/x]")
+    assert (r.returncode, r.stderr) == (1, "error: ./[/x]: no such folder (and not a Hub repo id like LiquidAI/LFM2.5-350M)\n")

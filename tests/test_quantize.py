@@ -8,7 +8,6 @@ import math
 import gguf
 import pytest
 
-import lfmq
 from conftest import run_cli
 from lfmq.errors import LfmqError, UsageError
 from lfmq.inspect import field_value

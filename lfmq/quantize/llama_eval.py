@@ -3,7 +3,6 @@ optional evaluation callback sees every matrix multiplication (for importance ma
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 from typing import Any
 

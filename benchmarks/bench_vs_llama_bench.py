@@ -1,0 +1,141 @@
+"""Benchmark `lfmq bench` against llama-bench, and lfmq's memory knobs against the binding's defaults.
+
+In one run, on the synthetic LFM2.5-350M (random weights; speed and memory depend on shapes and types only):
+1. Overhead: llama-bench (built from the llama.cpp tree llama-cpp-python 0.3.36 vendors, same flags as lfmq's
+   binding, see benchmarks/llama_tools.py) and `lfmq bench` measure pp512 and tg128 on Q4_0 and Q8_0 with the
+   same threads, batch, ubatch, mmap and flash-attention settings, alternating over `--rounds`. Reports the ratio
+   lfmq / llama-bench of the medians (target: at least 0.97x for pp and tg).
+2. Memory: `lfmq bench` on Q4_0 at n_ctx 4096 with the host profile's knobs (no mmap) against the binding's
+   defaults (mmap): peak RSS as a multiple of the file size (target: at most 1.3x) and tg of the two (target: the
+   profile's knobs lose at most 3%).
+
+    .venv/bin/python benchmarks/bench_vs_llama_bench.py [--rounds 3] [--reps 3] [--threads N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (REPO, default_threads, emit_json, ensure_f16, ensure_quantized, lfmq_cli,  # noqa: E402
+                    load_average, run_child, tool, warm_page_cache)
+
+TYPES = ("Q4_0", "Q8_0")
+SAME = {"n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False}  # llama-bench: -b 2048 -ub 512 -mmp 1 -fa 0
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "out")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both tools (default 3)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions inside each tool run (default 3)")
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--json", type=Path, metavar="FILE")
+    return ap.parse_args()
+
+
+def llama_bench(model: Path, threads: int, reps: int, log: Path) -> dict[str, float]:
+    out = log.with_suffix(".json")
+    argv = [tool("llama-bench"), "-m", model, "-t", threads, "-p", 512, "-n", 128, "-r", reps, "-b", 2048, "-ub", 512,
+            "-mmp", 1, "-fa", 0, "-o", "json"]
+    run = run_child("llama-bench", argv, log, stdout=out, check_rss=False)
+    rows = json.loads(out.read_text())
+    ts = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in rows}
+    return {**ts, "peak_rss_mb": run.peak_rss_mb}
+
+
+def lfmq_bench(model: Path, threads: int, reps: int, knobs: dict, log: Path, n_gen: int = 128,
+               n_prompt: int = 512) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(knobs, f)
+    out = log.with_suffix(".json")
+    argv = lfmq_cli("bench", model, "-t", threads, "-p", n_prompt, "-n", n_gen, "-r", reps, "--profile", f.name,
+                    "--json", out, "--force")
+    run_child("lfmq bench", argv, log, check_rss=False)
+    Path(f.name).unlink()
+    tests = json.loads(out.read_text())["tests"]
+    res = {("pp" if t["n_prompt"] else "tg"): t["avg_ts"] for t in tests}
+    res["peak_rss_mb"] = max(t["peak_rss_mb"] for t in tests)
+    res["tg_peak_rss_mb"] = next((t["peak_rss_mb"] for t in tests if t["n_gen"]), 0.0)
+    return res
+
+
+def overhead(models: dict[str, Path], args: argparse.Namespace, logs: Path) -> dict[str, dict]:
+    results: dict[str, dict[str, list[dict]]] = {q: {"llama-bench": [], "lfmq": []} for q in models}
+    for r in range(args.rounds):
+        for q, model in models.items():
+            order = ("llama-bench", "lfmq") if r % 2 == 0 else ("lfmq", "llama-bench")
+            for name in order:
+                log = logs / f"{name}-{q}-{r}.log"
+                res = (llama_bench(model, args.threads, args.reps, log) if name == "llama-bench"
+                       else lfmq_bench(model, args.threads, args.reps, SAME, log))
+                results[q][name].append(res)
+                print(f"  round {r + 1}/{args.rounds} {q:5s} {name:11s} pp {res['pp']:8.2f}  tg {res['tg']:7.2f} tok/s  "
+                      f"peak {res['peak_rss_mb']:.0f} MB", flush=True)
+    summary = {}
+    for q, by_tool in results.items():
+        med = {name: {k: statistics.median(r[k] for r in runs) for k in ("pp", "tg", "peak_rss_mb")}
+               for name, runs in by_tool.items()}
+        summary[q] = {"median": med, "pp_ratio": med["lfmq"]["pp"] / med["llama-bench"]["pp"],
+                      "tg_ratio": med["lfmq"]["tg"] / med["llama-bench"]["tg"]}
+    return summary
+
+
+def memory(model: Path, args: argparse.Namespace, logs: Path) -> dict[str, float]:
+    """Host profile knobs (no mmap, n_ctx 4096) against the binding's defaults (mmap), tg128 and peak RSS."""
+    runs: dict[str, list[dict]] = {"profile": [], "binding defaults": []}
+    knobs = {"profile": {"n_ctx": 4096}, "binding defaults": {"n_ctx": 4096, "use_mmap": True, "flash_attn": None}}
+    for r in range(args.rounds):
+        for name in (("profile", "binding defaults") if r % 2 == 0 else ("binding defaults", "profile")):
+            res = lfmq_bench(model, args.threads, args.reps, knobs[name], logs / f"mem-{name.replace(' ', '_')}-{r}.log",
+                             n_prompt=0)
+            runs[name].append(res)
+            print(f"  round {r + 1}/{args.rounds} Q4_0 {name:16s} tg {res['tg']:7.2f} tok/s  peak {res['tg_peak_rss_mb']:.0f} MB",
+                  flush=True)
+    size_mb = model.stat().st_size / 2**20
+    med = {n: {k: statistics.median(x[k] for x in v) for k in ("tg", "tg_peak_rss_mb")} for n, v in runs.items()}
+    return {"file_mb": size_mb, "profile_peak_mb": med["profile"]["tg_peak_rss_mb"],
+            "default_peak_mb": med["binding defaults"]["tg_peak_rss_mb"],
+            "profile_peak_ratio": med["profile"]["tg_peak_rss_mb"] / size_mb,
+            "default_peak_ratio": med["binding defaults"]["tg_peak_rss_mb"] / size_mb,
+            "tg_ratio": med["profile"]["tg"] / med["binding defaults"]["tg"]}
+
+
+def main() -> int:
+    args = parse_args()
+    logs = args.workdir / "logs" / "bench"
+    logs.mkdir(parents=True, exist_ok=True)
+    f16 = ensure_f16(args.workdir)
+    models = {q: ensure_quantized(args.workdir, f16, q, args.threads) for q in TYPES}
+    tool("llama-bench")
+    warm_page_cache(*models.values())
+    print(f"threads {args.threads}, load average {load_average():.2f}")
+    over = overhead(models, args, logs)
+    mem = memory(models["Q4_0"], args, logs)
+    print("\nmedians                 pp512 t/s   tg128 t/s   peak MB")
+    ok = True
+    for q, s in over.items():
+        for name, m in s["median"].items():
+            print(f"{q:5s} {name:12s} {m['pp']:12.2f} {m['tg']:11.2f} {m['peak_rss_mb']:9.0f}")
+        good = s["pp_ratio"] >= 0.97 and s["tg_ratio"] >= 0.97
+        ok &= good
+        print(f"{q:5s} lfmq/llama-bench  pp {s['pp_ratio']:.3f}x  tg {s['tg_ratio']:.3f}x  (target >= 0.97x: "
+              f"{'PASS' if good else 'FAIL'})")
+    mem_ok = mem["profile_peak_ratio"] <= 1.3 and mem["tg_ratio"] >= 0.97
+    ok &= mem_ok
+    print(f"\nQ4_0 at n_ctx 4096: file {mem['file_mb']:.0f} MB; peak RSS with the profile's knobs "
+          f"{mem['profile_peak_mb']:.0f} MB = {mem['profile_peak_ratio']:.2f}x the file (target <= 1.3x), with the "
+          f"binding's defaults {mem['default_peak_mb']:.0f} MB = {mem['default_peak_ratio']:.2f}x; tg profile/defaults "
+          f"{mem['tg_ratio']:.3f}x (target >= 0.97x): {'PASS' if mem_ok else 'FAIL'}")
+    emit_json({"threads": args.threads, "overhead": over, "memory": mem, "meets_targets": ok}, args.json)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

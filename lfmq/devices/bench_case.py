@@ -1,0 +1,128 @@
+"""One benchmark case, run in a fresh process (`python -m lfmq.devices.bench_case` with a JSON case on stdin) so that
+its peak memory is its own. Measures what llama-bench measures, the same way: after a warm-up, `reps` runs from an
+empty state, each timing either a prompt of n_prompt random tokens in batches (pp) or n_gen single-token decodes (tg),
+optionally after n_depth tokens already in the context. Adds load time, time to first token for a chat-sized
+prompt and peak memory (VmHWM, with RssAnon and RssFile apart)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHAT = [  # a chat-sized request: system prompt, tool-style instruction, a short user message
+    {"role": "system", "content": "You are a helpful assistant that extracts structured data from messages. "
+                                  "Answer with JSON only, using the keys name, date, amount and currency."},
+    {"role": "user", "content": "Hi, this is Dana Whitfield. I paid the invoice from March 3rd, 2026 this morning: "
+                                "1,284.50 euros by bank transfer, reference INV-2026-0117. Could you confirm that it "
+                                "arrived and send the receipt to my office address? Thanks a lot, Dana."},
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    n_prompt: int
+    n_gen: int
+    n_depth: int
+    reps: int
+    knobs: dict[str, Any]
+    seed: int = 42
+
+
+def memory_status() -> dict[str, float]:
+    """VmHWM, VmRSS, RssAnon, RssFile of this process in MB."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def _sync(model: Any) -> None:
+    from lfmq.runtime.model import llama
+
+    llama().llama_synchronize(model.ctx)
+
+
+def _prompt(model: Any, tokens: np.ndarray) -> None:
+    model.decode(tokens.tolist())
+    _sync(model)
+
+
+def _gen(model: Any, rng: np.random.Generator, n: int) -> None:
+    token = int(rng.integers(model.n_vocab))
+    for _ in range(n):
+        model.decode([token])
+        _sync(model)
+        token = int(rng.integers(model.n_vocab))  # the token does not change the work; llama-bench draws at random
+
+
+def _ttft(model: Any) -> float:
+    """Seconds from a rendered chat prompt to its first sampled token (greedy), from an empty context."""
+    model.reset()
+    started = time.perf_counter()
+    tokens = model.tokenize(model.render(CHAT, add_generation_prompt=True), special=True)
+    model.decode(tokens)
+    int(np.argmax(model.logits()))
+    return time.perf_counter() - started
+
+
+def run(case: Case) -> dict[str, Any]:
+    from lfmq.runtime import load
+
+    rng = np.random.default_rng(case.seed)
+    started = time.perf_counter()
+    model = load(case.model, **case.knobs)
+    load_s = time.perf_counter() - started
+    try:
+        if case.n_prompt:  # warm-up, as llama-bench does: one batch of prompt, one generated token
+            _prompt(model, rng.integers(model.n_vocab, size=min(case.n_prompt, model.n_batch), dtype=np.int64))
+        if case.n_gen:
+            _gen(model, rng, 1)
+        samples = []
+        for _ in range(case.reps):
+            model.reset()
+            if case.n_depth:
+                _prompt(model, rng.integers(model.n_vocab, size=case.n_depth, dtype=np.int64))
+            t = time.perf_counter_ns()
+            if case.n_prompt:
+                _prompt(model, rng.integers(model.n_vocab, size=case.n_prompt, dtype=np.int64))
+            if case.n_gen:
+                _gen(model, rng, case.n_gen)
+            samples.append(time.perf_counter_ns() - t)
+        ttft = _ttft(model)
+        settings = asdict(model.settings)
+        desc = _describe(model)
+        memory = memory_status()  # with the model still loaded: anon and file-backed pages as they stand
+    finally:
+        model.close()
+    return {"samples_ns": samples, "load_ms": 1e3 * load_s, "ttft_ms": 1e3 * ttft, "settings": settings,
+            **desc, **{k.lower(): v for k, v in memory.items()}}
+
+
+def _describe(model: Any) -> dict[str, Any]:
+    from lfmq.runtime.model import llama
+
+    L = llama()
+    buf = ctypes_buffer(256)
+    L.llama_model_desc(model._ptrs["model"], buf, 256)
+    return {"model_type": buf.value.decode(), "model_size": int(L.llama_model_size(model._ptrs["model"])),
+            "model_n_params": int(L.llama_model_n_params(model._ptrs["model"]))}
+
+
+def ctypes_buffer(n: int) -> Any:
+    import ctypes
+
+    return ctypes.create_string_buffer(n)
+
+
+if __name__ == "__main__":
+    result = run(Case(**json.loads(sys.stdin.read())))
+    sys.stdout.write(json.dumps(result) + "\n")

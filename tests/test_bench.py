@@ -1,0 +1,86 @@
+"""`lfmq bench`: llama-bench's fields and arithmetic, knobs from profiles, fresh processes, compare, bad input.
+Nothing here asserts a speed: benchmarks/bench_vs_llama_bench.py measures."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+import lfmq
+
+from conftest import run_cli
+from lfmq.devices.bench import bench, compare
+
+LLAMA_BENCH_FIELDS = {"model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads",
+                      "type_k", "type_v", "flash_attn", "use_mmap", "n_prompt", "n_gen", "n_depth", "test_time",
+                      "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns", "samples_ts"}
+
+
+@pytest.fixture(scope="module")
+def report(small_f16, tmp_path_factory):
+    knobs = tmp_path_factory.mktemp("knobs") / "knobs.json"
+    knobs.write_text(json.dumps({"use_mmap": False, "n_batch": 64, "n_ubatch": 32, "flash_attn": True}))
+    return bench([small_f16], profile=str(knobs), n_prompt=48, n_gen=6, reps=3, threads=[1], depth=16)
+
+
+def test_rows_have_llama_bench_fields_and_arithmetic(report, small_f16):
+    from dataclasses import asdict
+
+    assert [t.name for t in report.tests] == ["pp48 @ d16", "tg6 @ d16"]
+    for t in report.tests:
+        row = asdict(t)
+        assert LLAMA_BENCH_FIELDS <= set(row)
+        n = t.n_prompt + t.n_gen
+        assert len(t.samples_ns) == len(t.samples_ts) == 3
+        assert t.samples_ts == pytest.approx([n * 1e9 / ns for ns in t.samples_ns])
+        assert t.avg_ts == pytest.approx(statistics.mean(t.samples_ts))
+        assert t.avg_ns == int(statistics.mean(t.samples_ns))
+        assert t.model_n_params == lfmq.inspect(t.model_filename).parameters
+        assert t.model_filename == str(small_f16) and len(t.model_sha256) == 64
+
+
+def test_knobs_from_a_profile_file_reach_llama_cpp(report):
+    for t in report.tests:
+        assert (t.use_mmap, t.n_batch, t.n_ubatch, t.flash_attn, t.n_threads) == (False, 64, 32, True, 1)
+
+
+def test_memory_is_measured_per_case(report):
+    for t in report.tests:
+        assert 0 < t.rss_anon_mb + t.rss_file_mb <= t.peak_rss_mb + 1
+        assert t.peak_rss_mb < 1000  # a fresh small process, not the test runner's footprint
+        assert t.ttft_ms > 0 and t.load_ms > 0
+    assert report.build["llama_cpp_python"] == "0.3.36"
+    assert report.predictions and report.predictions[0]["memory_total_mb"] > 0
+
+
+def test_compare_reports(report, tmp_path):
+    from lfmq import ui
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(ui.to_jsonable(report)))
+    data = ui.to_jsonable(report)
+    for t in data["tests"]:
+        t["avg_ts"] *= 2
+    b.write_text(json.dumps(data))
+    rows = compare(a, b)
+    assert [r["ts_ratio"] for r in rows] == pytest.approx([2.0, 2.0])
+    assert [r["rss_ratio"] for r in rows] == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["bench"], 2, "give one or more GGUF files"),
+    (["bench", "x.gguf", "-t", "two"], 2, "--threads 'two': give whole numbers"),
+    (["bench", "--compare", "nope-a.json", "nope-b.json"], 2, "report nope-a.json does not exist"),
+])
+def test_bad_input(args, code, needle, tmp_path):
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == code and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_not_a_gguf(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("no")
+    r = run_cli("bench", str(junk))
+    assert (r.returncode, r.stderr) == (1, f"error: {junk} is not a GGUF file (it does not start with 'GGUF')\n")
