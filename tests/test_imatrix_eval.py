@@ -33,9 +33,29 @@ def small_imatrix(small_f32, tmp_path_factory):
     return compute_imatrix(small_f32, out, text=calibration_text(), n_ctx=CTX, chunks=6, dataset="README")
 
 
-def _chunks(gguf_path, text, limit):
+def _chunks(gguf_path, text, limit, parse_special):
     with ChunkEvaluator(gguf_path, CTX) as ev:
-        return chunks_of(ev.tokenize(text), CTX, limit, ev.bos)
+        return chunks_of(ev.tokenize(text, parse_special), CTX, limit, ev.bos)
+
+
+def test_chunks_are_cut_as_llama_cpp_cuts_them(small_f32):
+    """BOS, then the text from its first token: each chunk's first token is replaced by BOS, nothing is skipped."""
+    text = calibration_text()
+    with ChunkEvaluator(small_f32, CTX) as ev:
+        tokens = ev.tokenize(text, parse_special=False)
+        bos = ev.bos
+    assert tokens[0] == bos and bos not in tokens[1:50].tolist()
+    chunks = _chunks(small_f32, text, 3, False)
+    assert [c[0] for c in chunks] == [bos] * 3
+    assert chunks[0][1:].tolist() == tokens[1:CTX].tolist()  # the text's first token is kept
+    assert chunks[1][1:].tolist() == tokens[CTX + 1 : 2 * CTX].tolist()
+
+
+def test_special_tokens_parsed_only_for_imatrix(small_f32):
+    with ChunkEvaluator(small_f32, CTX) as ev:
+        marker = "<|im_start|>user"
+        assert 6 in ev.tokenize(marker, parse_special=True).tolist()
+        assert 6 not in ev.tokenize(marker, parse_special=False).tolist()
 
 
 def _reference_sums(ckpt, chunks):
@@ -66,7 +86,7 @@ def _reference_sums(ckpt, chunks):
 
 def test_imatrix_equals_reference_activations(small_ckpt, small_f32, small_imatrix):
     im = read_imatrix(small_imatrix.path)
-    ref_sums, ref_counts = _reference_sums(small_ckpt, _chunks(small_f32, calibration_text(), 6))
+    ref_sums, ref_counts = _reference_sums(small_ckpt, _chunks(small_f32, calibration_text(), 6, True))
     assert set(im.sums) == set(ref_sums)  # every matmul weight of every block, the last block's FFN included
     assert len(im.sums) == 2 * (5 + 7)   # 2 conv blocks (in, out, 3 FFN) + 2 attention blocks (q, k, v, o, 3 FFN)
     for name, ref in ref_sums.items():
@@ -154,7 +174,7 @@ def test_eval_ppl_equals_reference_computation(small_ckpt, small_f32):
     model = AutoModelForCausalLM.from_pretrained(small_ckpt, dtype=torch.float32).eval()
     nll = []
     with torch.no_grad():
-        for chunk in _chunks(small_f32, calibration_text(), 4):
+        for chunk in _chunks(small_f32, calibration_text(), 4, False):
             logp = torch.log_softmax(model(torch.tensor([chunk.tolist()])).logits[0].double(), -1).numpy()
             first = CTX // 2
             nll += [-logp[j, chunk[j + 1]] for j in range(first, CTX - 1)]

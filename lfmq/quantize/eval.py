@@ -1,7 +1,8 @@
 """`lfmq eval`: perplexity and the KL divergence of each model's next-token distribution from a reference's.
 
-Scored as llama-perplexity scores: the text is cut into n_ctx-token chunks, each evaluated from an empty state with
-BOS first, and only the second half of each chunk is scored (every scored token has at least n_ctx/2 of context).
+Scored as llama-perplexity scores: the text is tokenized with BOS first and special-token markers left as text, cut
+into n_ctx-token chunks, each evaluated from an empty state with BOS as its first token, and only the second half
+of each chunk is scored (every scored token has at least n_ctx/2 of context).
 Memory is bounded by one chunk of logits per model, whatever the length of the text."""
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
     ref = evaluators[0]
     if any(ev.n_vocab != ref.n_vocab for ev in evaluators):
         raise UsageError("the models do not share the reference's vocabulary: they are not quantizations of it")
-    tokens = ref.tokenize(text)
+    tokens = ref.tokenize(text, parse_special=False)  # llama-perplexity never parses special tokens
     pieces = chunks_of(tokens, n_ctx, limit, ref.bos)
     if not pieces:
         raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")

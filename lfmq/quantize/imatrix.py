@@ -17,33 +17,13 @@ import numpy as np
 
 from lfmq.atomic import check_target
 from lfmq.errors import UsageError
+from lfmq.quantize.gguf_index import GGMLTensor
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
 from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
 
 Progress = Callable[[int, int], None]
 GGML_TYPE_F32 = 0
 MIN_ROWS = 16  # llama-imatrix ignores multiplications over fewer tokens
-
-
-class GGMLTensor(ctypes.Structure):
-    """struct ggml_tensor of the vendored ggml (GGML_MAX_DIMS 4, GGML_MAX_SRC 10, op params 64 B, name 64 B)."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("buffer", ctypes.c_void_p),
-        ("ne", ctypes.c_int64 * 4),
-        ("nb", ctypes.c_size_t * 4),
-        ("op", ctypes.c_int),
-        ("op_params", ctypes.c_int32 * 16),
-        ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * 10),
-        ("view_src", ctypes.c_void_p),
-        ("view_offs", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-        ("name", ctypes.c_char * 64),
-        ("extra", ctypes.c_void_p),
-        ("padding", ctypes.c_char * 8),
-    ]
 
 
 @dataclass(frozen=True)
@@ -148,10 +128,13 @@ def compute_imatrix(
     chunks: int | None = None,
     n_ctx: int = 512,
     threads: int | None = None,
+    parse_special: bool = True,
     force: bool = False,
     progress: Progress | None = None,
 ) -> ImatrixResult:
-    """Run the model over calibration text and write the importance matrix of every `blk.*` weight."""
+    """Run the model over calibration text and write the importance matrix of every `blk.*` weight. Chunks are cut as
+    llama-imatrix cuts them; `<|...|>` markers are control tokens (llama-imatrix --parse-special), since lfmq's
+    calibration text holds chat and tool-call transcripts the model sees with those tokens in real use."""
     from lfmq.inspect import open_gguf
 
     out = Path(out)
@@ -165,7 +148,7 @@ def compute_imatrix(
     started = time.perf_counter()
     collector = Collector()
     with ChunkEvaluator(model, n_ctx, threads, cb_eval=collector.callback) as ev:
-        tokens = ev.tokenize(text)
+        tokens = ev.tokenize(text, parse_special)
         pieces = chunks_of(tokens, n_ctx, chunks, ev.bos)
         if not pieces:
             raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")

@@ -68,14 +68,16 @@ class ChunkEvaluator:
 
         return llama_cpp.llama_vocab_bos(self.vocab) if llama_cpp.llama_vocab_get_add_bos(self.vocab) else None
 
-    def tokenize(self, text: str) -> np.ndarray:
-        """The text's tokens, without BOS (chunks get their own), special tokens parsed as llama.cpp does."""
+    def tokenize(self, text: str, parse_special: bool) -> np.ndarray:
+        """The text's tokens as llama.cpp's tools tokenize it: BOS first (when the vocabulary adds one), then the
+        text; `<|...|>` markers become control tokens only with `parse_special` (llama-perplexity never parses
+        them, llama-imatrix with --parse-special)."""
         import llama_cpp
 
         raw = text.encode("utf-8")
         cap = len(raw) + 16
         buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), buf, cap, False, True)
+        n = llama_cpp.llama_tokenize(self.vocab, raw, len(raw), buf, cap, True, parse_special)
         if n < 0:
             raise EvalError(f"could not tokenize the text ({-n} tokens needed)")
         return np.ctypeslib.as_array(buf)[:n].astype(np.int32)
@@ -112,7 +114,8 @@ def _default_threads() -> int:
 
 
 def chunks_of(tokens: np.ndarray, n_ctx: int, limit: int | None, bos: int | None) -> list[np.ndarray]:
-    """Consecutive n_ctx-token chunks, each starting with BOS as llama-perplexity does; at most `limit`."""
+    """Consecutive n_ctx-token chunks of the tokenized text (BOS already first), each chunk's first token replaced
+    by BOS, as llama-perplexity and llama-imatrix do; at most `limit`."""
     n = len(tokens) // n_ctx
     if limit is not None:
         n = min(n, limit)

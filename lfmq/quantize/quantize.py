@@ -13,6 +13,7 @@ from typing import Any, Callable
 from lfmq.atomic import atomic_path, check_target
 from lfmq.errors import LfmqError, UsageError
 from lfmq.quantize import llama_log
+from lfmq.quantize.gguf_index import tensor_index
 from lfmq.quantize.imatrix_file import check_against_model, read_imatrix
 from lfmq.quantize.types import QuantType, parse_quant_types, parse_tensor_overrides, parse_tensor_type
 
@@ -52,14 +53,10 @@ class _Source:
 
 
 def _read_source(path: Path) -> _Source:
-    from lfmq.inspect import open_gguf
-
-    reader = open_gguf(path)
-    tensors = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
-    types = {t.name: t.tensor_type.name for t in reader.tensors}
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    header = min((t.data_offset for t in reader.tensors), default=path.stat().st_size)
-    return _Source(path, tensors, types, n_params, header)
+    index = tensor_index(path)
+    tensors = {name: t.shape for name, t in index.tensors.items()}
+    types = {name: t.type for name, t in index.tensors.items()}
+    return _Source(path, tensors, types, index.n_params, index.data_offset)
 
 
 def _check_requantize(src: _Source, allow: bool) -> None:
@@ -206,7 +203,7 @@ def _run_one(src: _Source, qt: QuantType, target: Path, params: _Params, force: 
         with llama_log.captured(on_line) as log:
             rc = llama_cpp.llama_model_quantize(str(src.path).encode(), str(tmp).encode(), ctypes.byref(params.c))
         _raise_on_failure(rc, log, qt)
-    data = sum(t.n_bytes for t in _tensor_infos(target))
+    data = tensor_index(target).tensor_bytes
     return QuantizeResult(target.resolve(), qt.name, target.stat().st_size, 8 * data / src.n_params,
                           time.perf_counter() - started)
 
@@ -222,12 +219,6 @@ def _raise_on_failure(rc: int, log: llama_log.LlamaLog, qt: QuantType) -> None:
     elif "requires an imatrix" in reason:
         reason = f"{qt.name} needs an importance matrix: make one with `lfmq imatrix MODEL.gguf` and pass --imatrix"
     raise QuantizeError(f"quantizing to {qt.name} failed: {reason}")
-
-
-def _tensor_infos(path: Path) -> list:
-    import gguf
-
-    return list(gguf.GGUFReader(path).tensors)
 
 
 DRY_LINE = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s.*?size =\s*[\d.]+ MiB(?: ->\s*[\d.]+ MiB \((\w+)\))?")
