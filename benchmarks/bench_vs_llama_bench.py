@@ -27,7 +27,7 @@ from common import (REPO, default_threads, emit_json, ensure_f16, ensure_quantiz
                     load_average, run_child, tool, warm_page_cache)
 
 TYPES = ("Q4_0", "Q8_0")
-SAME = {"n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False}  # llama-bench: -b 2048 -ub 512 -mmp 1 -fa 0
+SAME = {"n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False}  # llama-bench: -b 2048 -ub 512 -lm mmap -fa off
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
 def llama_bench(model: Path, threads: int, reps: int, log: Path) -> dict[str, float]:
     out = log.with_suffix(".json")
     argv = [tool("llama-bench"), "-m", model, "-t", threads, "-p", 512, "-n", 128, "-r", reps, "-b", 2048, "-ub", 512,
-            "-mmp", 1, "-fa", 0, "-o", "json"]
+            "-lm", "mmap", "-fa", "off", "-o", "json"]
     run = run_child("llama-bench", argv, log, stdout=out, check_rss=False)
     rows = json.loads(out.read_text())
     ts = {("pp" if r["n_prompt"] else "tg"): r["avg_ts"] for r in rows}
