@@ -84,3 +84,19 @@ def test_not_a_gguf(tmp_path):
     junk.write_text("no")
     r = run_cli("bench", str(junk))
     assert (r.returncode, r.stderr) == (1, f"error: {junk} is not a GGUF file (it does not start with 'GGUF')\n")
+
+
+def test_use_mmap_reaches_llama_cpp(small_f16):
+    """With mmap the weights are file-backed pages; without, they are not (the knob once went nowhere, silently)."""
+    import subprocess
+    import sys
+
+    def rss_file(use_mmap: bool) -> float:
+        case = {"model": str(small_f16), "n_prompt": 0, "n_gen": 2, "n_depth": 0, "reps": 1,
+                "knobs": {"threads": 1, "use_mmap": use_mmap, "n_ctx": 256}}
+        out = subprocess.run([sys.executable, "-m", "lfmq.devices.bench_case"], input=json.dumps(case),
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)["rssfile"]
+
+    size_mb = small_f16.stat().st_size / 2**20
+    assert rss_file(True) - rss_file(False) > 0.8 * size_mb

@@ -127,7 +127,8 @@ class Model:
         L, s = llama(), self.settings
         _install_log()
         mp = L.llama_model_default_params()
-        mp.use_mmap = s.use_mmap
+        # llama.cpp 0.5 replaced use_mmap with load_mode (a ctypes Structure would take `use_mmap` silently, unused)
+        mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if s.use_mmap else L.LLAMA_LOAD_MODE_NONE
         model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not model:
             raise RuntimeFailure(f"llama.cpp could not load {self.path}: {log_tail()}")
