@@ -27,7 +27,10 @@ from common import (REPO, default_threads, emit_json, ensure_f16, ensure_quantiz
                     load_average, run_child, tool, warm_page_cache)
 
 TYPES = ("Q4_0", "Q8_0")
-SAME = {"n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False}  # llama-bench: -b 2048 -ub 512 -lm mmap -fa off
+# llama-bench: -b 2048 -ub 512 -lm mmap -fa off, f16 KV cache (every knob pinned: the host profile's are not these)
+SAME = {"n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False, "type_k": "f16", "type_v": "f16"}
+BINDING_DEFAULTS = {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "use_mmap": True, "flash_attn": None,
+                    "type_k": "f16", "type_v": "f16"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both tools (default 3)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions inside each tool run (default 3)")
     ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--memory-only", action="store_true", help="skip the llama-bench comparison")
     ap.add_argument("--json", type=Path, metavar="FILE")
     return ap.parse_args()
 
@@ -90,7 +94,7 @@ def overhead(models: dict[str, Path], args: argparse.Namespace, logs: Path) -> d
 def memory(model: Path, args: argparse.Namespace, logs: Path) -> dict[str, float]:
     """Host profile knobs (no mmap, n_ctx 4096) against the binding's defaults (mmap), tg128 and peak RSS."""
     runs: dict[str, list[dict]] = {"profile": [], "binding defaults": []}
-    knobs = {"profile": {"n_ctx": 4096}, "binding defaults": {"n_ctx": 4096, "use_mmap": True, "flash_attn": None}}
+    knobs = {"profile": {"n_ctx": 4096}, "binding defaults": BINDING_DEFAULTS}
     for r in range(args.rounds):
         for name in (("profile", "binding defaults") if r % 2 == 0 else ("binding defaults", "profile")):
             res = lfmq_bench(model, args.threads, args.reps, knobs[name], logs / f"mem-{name.replace(' ', '_')}-{r}.log",
@@ -116,7 +120,7 @@ def main() -> int:
     tool("llama-bench")
     warm_page_cache(*models.values())
     print(f"threads {args.threads}, load average {load_average():.2f}")
-    over = overhead(models, args, logs)
+    over = {} if args.memory_only else overhead(models, args, logs)
     mem = memory(models["Q4_0"], args, logs)
     print("\nmedians                 pp512 t/s   tg128 t/s   peak MB")
     ok = True

@@ -124,11 +124,11 @@ def host_profile(bandwidth_gbs: float | None = None) -> Profile:
         memory={"size_gb": _mem_total_gb(), "bandwidth_gbs": bandwidth_gbs or 0.0,
                 "bandwidth_source": "measured on this machine (lfmq devices show host)" if bandwidth_gbs else "not measured"},
         build={"cmake_args": "-DGGML_NATIVE=ON", "notes": "native build (scripts/install-llama-cpp-python.sh)"},
-        # no mmap (no second, file-backed copy beside the repacked weights), a q8_0 KV cache (half of f16's memory,
-        # needs flash attention) and ubatch 128 (a quarter of the compute buffer): measured on the synthetic 350M Q4_0
-        # at n_ctx 4096, peak 1.71x the file -> about 1.5x, generation speed unchanged (benchmarks/bench_vs_llama_bench.py)
+        # no mmap (no second, file-backed copy beside the repacked weights) and ubatch 128 (a quarter of the compute
+        # buffer): on the synthetic 350M Q4_0 at n_ctx 4096, peak 2.42x the file -> 1.64x at the same generation speed.
+        # A q8_0 KV cache would save 24 MiB more but cost 4% of tg here (benchmarks/bench_vs_llama_bench.py).
         runtime={"threads": threads, "n_batch": 2048, "n_ubatch": 128, "use_mmap": False, "flash_attn": True,
-                 "type_k": "q8_0", "type_v": "q8_0", "n_ctx": 4096},
+                 "type_k": "f16", "type_v": "f16", "n_ctx": 4096},
         recommend={"types": ["Q4_0", "Q8_0"], "reason": "the repacked CPU kernels make Q4_0 the fastest decode"},
     )
 
