@@ -39,7 +39,7 @@ demo: setup
 	@echo "== 6. one tool-call round: a forced call, the tool's result, the answer (RANDOM weights: the text is noise;"
 	@echo "==    parsing and the reuse of the conversation state are real)"
 	$(BIN)/lfmq chat $(DEMO)/LFM2.5-350M-synthetic-Q4_0.gguf --tools examples/weather-tools.json --tool-choice required --max-tokens 160 --seed 0 < examples/tool-round.txt
-	@echo "== 7. a host benchmark of the ladder, with predictions for the Raspberry Pi 5 profile beside the published figures"
+	@echo "== 7. a host benchmark of the ladder (pp, tg, TTFT, peak memory), with this machine's predicted figures beside the measured ones"
 	$(BIN)/lfmq bench $(DEMO)/LFM2.5-350M-synthetic-Q4_0.gguf $(DEMO)/LFM2.5-350M-synthetic-Q4_K_M.gguf \
 		$(DEMO)/LFM2.5-350M-synthetic-Q5_K_M.gguf $(DEMO)/LFM2.5-350M-synthetic-Q6_K.gguf \
 		$(DEMO)/LFM2.5-350M-synthetic-Q8_0.gguf -p 256 -n 64 -r 2 --report $(DEMO)/bench-report --force
