@@ -172,8 +172,6 @@ def show_eval(rep: Any) -> None:
 
 # -- runtime: generate, chat, extract ---------------------------------------------------------------------------
 
-from rich.markup import escape  # noqa: E402  (kept with the runtime section it serves)
-
 RANDOM_WEIGHTS = "RANDOM weights (lfmq synth): the model's text is noise; parsing, grammars and state handling are real"
 
 

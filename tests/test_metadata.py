@@ -159,3 +159,21 @@ def test_inspect_cli_output_is_exact(tiny_f32, tiny_ckpt):
     ]
     info = json.loads(run_cli("inspect", str(tiny_f32), "--json").stdout)
     assert info["layers"] == ["conv", "attention", "conv", "attention"] and info["types"] == {"F32": 40}
+
+
+def test_fast_index_agrees_with_gguf_reader(tiny_f32):
+    """The C-parser index the runtime, quantizer and bench use reads what GGUFReader reads (minus long arrays)."""
+    from lfmq.runtime.gguf_index import tensor_index
+
+    ix = tensor_index(tiny_f32)
+    reader = _read(tiny_f32)
+    # skipped: string arrays (tokens, merges); numeric arrays this short (1,024 token types) are kept
+    assert ix.meta.keys() == {k for k in reader.fields if not k.startswith("GGUF.")} - {K.Tokenizer.LIST, K.Tokenizer.MERGES}
+    for key, value in ix.meta.items():
+        assert value == pytest.approx(field_value(reader, key)) if isinstance(value, float) else value == field_value(reader, key), key
+    tensors = {t.name: t for t in reader.tensors}
+    assert ix.tensors.keys() == tensors.keys()
+    for name, entry in ix.tensors.items():
+        t = tensors[name]
+        assert (list(entry.shape), entry.type, entry.nbytes) == ([int(d) for d in t.shape], t.tensor_type.name, int(t.n_bytes))
+    assert ix.data_offset == min(t.data_offset for t in reader.tensors)

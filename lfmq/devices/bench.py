@@ -148,13 +148,13 @@ def bench(
     from lfmq import __version__
     from lfmq.devices.predict import measure_bandwidth, model_shape
     from lfmq.devices.profiles import HOST, get_profile, host_profile
-    from lfmq.inspect import open_gguf
+    from lfmq.runtime.gguf_index import tensor_index
 
     if reps < 1 or n_prompt < 0 or n_gen < 0 or depth < 0 or not (n_prompt or n_gen):
         raise UsageError("bench needs reps >= 1 and a prompt (-p) or a generation (-n) length")
     paths = [Path(m) for m in models]
     for p in paths:
-        open_gguf(p)  # clear errors before any process starts
+        tensor_index(p)  # clear errors before any process starts
     # the host's bandwidth is measured, so its predictions can be checked against its measurements;
     # a file of runtime knobs (JSON/TOML) runs on the host with those knobs
     from lfmq.runtime.profile import profile_knobs

@@ -45,24 +45,23 @@ class ModelShape:
 
 
 def model_shape(path: str | Path) -> ModelShape:
-    from lfmq.inspect import field_value, open_gguf
+    from lfmq.runtime.gguf_index import tensor_index
 
-    r = open_gguf(path)
-    arch = field_value(r, "general.architecture")
-    kv = field_value(r, f"{arch}.attention.head_count_kv")
-    kv_list = kv if isinstance(kv, list) else [kv] * int(field_value(r, f"{arch}.block_count"))
-    n_embd = int(field_value(r, f"{arch}.embedding_length"))
-    head_dim = n_embd // int(field_value(r, f"{arch}.attention.head_count"))
-    tensors = {t.name: t for t in r.tensors}
-    total = sum(int(t.n_bytes) for t in tensors.values())
-    embd = tensors["token_embd.weight"]
+    ix = tensor_index(path)
+    arch = ix.get("general.architecture")
+    kv = ix.get(f"{arch}.attention.head_count_kv")
+    kv_list = kv if isinstance(kv, list) else [kv] * int(ix.get(f"{arch}.block_count"))
+    n_embd = int(ix.get(f"{arch}.embedding_length"))
+    head_dim = n_embd // int(ix.get(f"{arch}.attention.head_count"))
+    total = ix.tensor_bytes
+    embd = ix.tensors["token_embd.weight"]
     # untied: the embedding contributes one row per token; tied: it is the LM head and is read whole
-    per_token = total - int(embd.n_bytes) + int(embd.n_bytes) // int(embd.shape[1]) if "output.weight" in tensors else total
+    per_token = total - embd.nbytes + embd.nbytes // embd.shape[1] if "output.weight" in ix.tensors else total
     return ModelShape(
         path=Path(path), file_bytes=Path(path).stat().st_size, tensor_bytes=total, bytes_per_token=per_token,
-        params=sum(int(t.n_elements) for t in tensors.values()), n_layer=len(kv_list),
-        n_attn=sum(1 for k in kv_list if k), n_embd=n_embd, kv_dim=max(kv_list) * head_dim,
-        n_vocab=int(embd.shape[1]), l_cache=int(field_value(r, f"{arch}.shortconv.l_cache", 3) or 3),
+        params=ix.n_params, n_layer=len(kv_list), n_attn=sum(1 for k in kv_list if k), n_embd=n_embd,
+        kv_dim=max(kv_list) * head_dim, n_vocab=int(embd.shape[1]),
+        l_cache=int(ix.get(f"{arch}.shortconv.l_cache", 3) or 3),
     )
 
 

@@ -47,16 +47,20 @@ class ModelFacts:
 
 
 def model_facts(data: dict[str, Any]) -> dict[str, ModelFacts]:
-    from lfmq.inspect import inspect
+    from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
+    from lfmq.runtime.gguf_index import tensor_index
 
     out = {}
     for path in _models(data):
         try:
-            info = inspect(path)
+            ix = tensor_index(path)
         except (LfmqError, OSError):
             out[path] = ModelFacts()
             continue
-        out[path] = ModelFacts(info.synthetic, info.layers.count("attention"), len(info.layers))
+        arch = ix.get("general.architecture")
+        kv = ix.get(f"{arch}.attention.head_count_kv")
+        layers = kv if isinstance(kv, list) else [kv] * int(ix.get(f"{arch}.block_count", 0))
+        out[path] = ModelFacts(bool(ix.get(KEY_LFMQ_SYNTHETIC, False)), sum(1 for k in layers if k), len(layers))
     return out
 
 

@@ -102,14 +102,12 @@ def evaluate(
     progress: Progress | None = None,
 ) -> EvalReport:
     """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`."""
-    from lfmq.inspect import inspect
-
     if n_ctx < 16 or n_ctx % 2:
         raise UsageError(f"--ctx {n_ctx}: use an even context of at least 16 tokens")
     text = default_text() if text is None else text
     if not text.strip():
         raise UsageError("the evaluation text is empty: give a file with some text (-f)")
-    infos = [inspect(p) for p in [reference, *models]]  # clear errors for missing or broken files first
+    infos = [_file(p) for p in [reference, *models]]  # clear errors for missing or broken files first
     started = time.perf_counter()
     evaluators = []
     try:
@@ -158,7 +156,30 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
     return accs
 
 
-def _quality(info, acc: _Accumulator, ref_ppl: float) -> ModelQuality:
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    file_type: str | None
+    bytes: int
+    bits_per_weight: float
+    synthetic: bool
+
+
+def _file(path: str | Path) -> _File:
+    """What the report says of a file, from its metadata and tensor index (the vocabulary is not read)."""
+    import gguf
+
+    from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
+    from lfmq.runtime.gguf_index import tensor_index
+
+    ix = tensor_index(path)
+    ftype = ix.get(gguf.Keys.General.FILE_TYPE)
+    known = gguf.LlamaFileType._value2member_map_
+    return _File(Path(path).resolve(), known[ftype].name if ftype in known else None, Path(path).stat().st_size,
+                 8 * ix.tensor_bytes / max(ix.n_params, 1), bool(ix.get(KEY_LFMQ_SYNTHETIC, False)))
+
+
+def _quality(info: _File, acc: _Accumulator, ref_ppl: float) -> ModelQuality:
     ppl, err = acc.ppl()
     kld, kld_err, p99, top1 = acc.kld_stats()
     return ModelQuality(

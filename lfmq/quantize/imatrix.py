@@ -17,7 +17,7 @@ import numpy as np
 
 from lfmq.atomic import check_target
 from lfmq.errors import UsageError
-from lfmq.quantize.gguf_index import GGMLTensor
+from lfmq.runtime.gguf_index import GGMLTensor, tensor_index
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
 from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
 
@@ -135,8 +135,6 @@ def compute_imatrix(
     """Run the model over calibration text and write the importance matrix of every `blk.*` weight. Chunks are cut as
     llama-imatrix cuts them; `<|...|>` markers are control tokens (llama-imatrix --parse-special), since lfmq's
     calibration text holds chat and tool-call transcripts the model sees with those tokens in real use."""
-    from lfmq.inspect import open_gguf
-
     out = Path(out)
     check_target(out, force)
     if n_ctx < 2 * MIN_ROWS:
@@ -144,7 +142,7 @@ def compute_imatrix(
     text = default_text() if text is None else text
     if not text.strip():
         raise UsageError("the calibration text is empty: give a file with some text (-f)")
-    open_gguf(model)  # a clear error for a missing, foreign or truncated file
+    tensor_index(model)  # a clear error for a missing, foreign or truncated file
     started = time.perf_counter()
     collector = Collector()
     with ChunkEvaluator(model, n_ctx, threads, cb_eval=collector.callback) as ev:

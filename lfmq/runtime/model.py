@@ -85,19 +85,18 @@ class Model:
         from gguf import Keys
 
         from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
-        from lfmq.inspect import field_value, open_gguf
+        from lfmq.runtime.gguf_index import tensor_index
 
         self.path = Path(path)
         self.warnings: tuple[str, ...] = ()
-        reader = open_gguf(self.path)  # clear errors for missing, foreign or truncated files
-        arch = field_value(reader, Keys.General.ARCHITECTURE)
+        meta = tensor_index(self.path).meta  # clear errors for missing, foreign or truncated files
+        arch = meta.get(Keys.General.ARCHITECTURE)
         if arch not in SUPPORTED_ARCHS:
             raise UnsupportedModelError(f"{self.path} holds a {arch!r} model: lfmq runs {', '.join(SUPPORTED_ARCHS)}")
         self.architecture: str = arch
-        self.synthetic = bool(field_value(reader, KEY_LFMQ_SYNTHETIC, False))  # random weights: lfmq synth
-        self.n_ctx_train = int(field_value(reader, Keys.LLM.CONTEXT_LENGTH.format(arch=arch), TRAINED_CONTEXT))
-        gguf_template = field_value(reader, Keys.Tokenizer.CHAT_TEMPLATE)
-        del reader
+        self.synthetic = bool(meta.get(KEY_LFMQ_SYNTHETIC, False))  # random weights: lfmq synth
+        self.n_ctx_train = int(meta.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), TRAINED_CONTEXT))
+        gguf_template = meta.get(Keys.Tokenizer.CHAT_TEMPLATE)
         self.settings = self._check_settings(settings)
         self._ptrs: dict[str, Any] = {}
         self._open()
