@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -19,10 +18,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert import PRESET, REPO, ensure_checkpoint, first_difference, own_peak_mb  # noqa: E402
+from convert import PRESET, REPO, compare_tensors, ensure_checkpoint, first_difference, own_peak_mb  # noqa: E402
 from llama_tools import tool  # noqa: E402
 
-__all__ = ["PRESET", "REPO", "ChildRun", "default_threads", "emit_json", "ensure_checkpoint", "ensure_f16",
+__all__ = ["PRESET", "REPO", "ChildRun", "compare_tensors", "default_threads", "emit_json", "ensure_checkpoint", "ensure_f16",
            "ensure_quantized", "first_difference", "lfmq_cli", "load_average", "own_peak_mb", "run_child", "tail",
            "tool", "warm_page_cache"]
 

@@ -254,18 +254,19 @@ def first_difference(a: np.ndarray, b: np.ndarray) -> str:
     return f"first differing byte {diff[0]} of {x.size} ({diff.size} bytes differ)"
 
 
-def compare_tensors(llama: gguf.GGUFReader, mine: gguf.GGUFReader) -> tuple[int, list[str]]:
-    """Compare tensors by name (the two files may order them differently)."""
+def compare_tensors(llama: gguf.GGUFReader, mine: gguf.GGUFReader, a_label: str = "llama.cpp",
+                    b_label: str = "lfmq") -> tuple[int, list[str]]:
+    """Compare tensors by name (the two files may order them differently): type, shape, then bytes."""
     a = {t.name: t for t in llama.tensors}
     b = {t.name: t for t in mine.tensors}
-    problems = [f"{n}: only in llama.cpp's file" for n in sorted(a.keys() - b.keys())]
-    problems += [f"{n}: only in lfmq's file" for n in sorted(b.keys() - a.keys())]
+    problems = [f"{n}: only in {a_label}'s file" for n in sorted(a.keys() - b.keys())]
+    problems += [f"{n}: only in {b_label}'s file" for n in sorted(b.keys() - a.keys())]
     matched = 0
     for name in sorted(a.keys() & b.keys()):
         ta, tb = a[name], b[name]
         if ta.tensor_type != tb.tensor_type or list(ta.shape) != list(tb.shape):
-            problems.append(f"{name}: llama.cpp {ta.tensor_type.name}{list(ta.shape)} "
-                            f"vs lfmq {tb.tensor_type.name}{list(tb.shape)}")
+            problems.append(f"{name}: {a_label} {ta.tensor_type.name}{list(ta.shape)} "
+                            f"vs {b_label} {tb.tensor_type.name}{list(tb.shape)}")
         elif ta.data.tobytes() != tb.data.tobytes():
             problems.append(f"{name} ({ta.tensor_type.name}): {first_difference(ta.data, tb.data)}")
         else:

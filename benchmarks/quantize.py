@@ -29,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (ChildRun, default_threads, emit_json, ensure_f16, first_difference, lfmq_cli,  # noqa: E402
+from common import (ChildRun, compare_tensors, default_threads, emit_json, ensure_f16, lfmq_cli,  # noqa: E402
                     load_average, own_peak_mb, run_child, tool, warm_page_cache)
 
 LADDER = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
@@ -177,19 +178,8 @@ def compare_type(a_path: Path, b_path: Path) -> dict[str, Any]:
     """lfmq's file (a) vs llama-quantize's (b): sizes, tensors by name, metadata keys/values (informational)."""
     a, b = gguf.GGUFReader(a_path), gguf.GGUFReader(b_path)
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    problems = [f"{n}: only in lfmq's file" for n in sorted(ta.keys() - tb.keys())]
-    problems += [f"{n}: only in llama-quantize's file" for n in sorted(tb.keys() - ta.keys())]
-    matched, types = 0, {}
-    for name in sorted(ta.keys() & tb.keys()):
-        x, y = ta[name], tb[name]
-        types[x.tensor_type.name] = types.get(x.tensor_type.name, 0) + 1
-        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
-            problems.append(f"{name}: lfmq {x.tensor_type.name}{list(x.shape)} "
-                            f"vs llama-quantize {y.tensor_type.name}{list(y.shape)}")
-        elif x.data.tobytes() != y.data.tobytes():
-            problems.append(f"{name} ({x.tensor_type.name}): {first_difference(x.data, y.data)}")
-        else:
-            matched += 1
+    matched, problems = compare_tensors(a, b, "lfmq", "llama-quantize")
+    types = dict(Counter(ta[n].tensor_type.name for n in sorted(ta.keys() & tb.keys())))
     meta = []
     for key in sorted((a.fields.keys() | b.fields.keys()) - {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}):
         if key not in a.fields or key not in b.fields:
