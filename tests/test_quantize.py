@@ -125,3 +125,19 @@ def test_cli_quantize_json_and_errors(small_f16, tmp_path):
     assert (r.returncode, r.stderr) == (1, f"error: {junk} is not a GGUF file (it does not start with 'GGUF')\n")
     r = run_cli("quantize", str(small_f16), "-q", "Q4_0", "--tensor-type", "attn_v")
     assert r.returncode == 2 and "is not REGEX=TYPE" in r.stderr
+
+
+def test_llama_log_routing_survives_a_capture(tmp_path):
+    """Captures ride on the one callback: after quantize-style capture ends, llama.cpp's errors still reach the
+    runtime's buffer (they once went back to llama-cpp-python's own logger)."""
+    import llama_cpp
+
+    from lfmq.runtime import llama_log
+
+    with llama_log.captured() as log:
+        llama_cpp.llama_model_load_from_file(str(tmp_path / "absent.gguf").encode(), llama_cpp.llama_model_default_params())
+    assert any("absent.gguf" in line for _, line in log.lines)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 12)
+    llama_cpp.llama_model_load_from_file(str(bad).encode(), llama_cpp.llama_model_default_params())
+    assert "failed to load model from " + str(bad) in llama_log.tail()  # the newest error, not the capture's

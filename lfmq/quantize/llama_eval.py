@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from lfmq.errors import LfmqError
-from lfmq.quantize import llama_log
+from lfmq.runtime import llama_log
 
 
 class EvalError(LfmqError, RuntimeError):

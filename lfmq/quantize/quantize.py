@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from lfmq.atomic import atomic_path, check_target
 from lfmq.errors import LfmqError, UsageError
-from lfmq.quantize import llama_log
+from lfmq.runtime import llama_log
 from lfmq.runtime.gguf_index import tensor_index
 from lfmq.quantize.imatrix_file import check_against_model, read_imatrix
 from lfmq.quantize.types import QuantType, parse_quant_types, parse_tensor_overrides, parse_tensor_type

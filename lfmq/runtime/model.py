@@ -6,22 +6,18 @@ from __future__ import annotations
 import ctypes
 import os
 import warnings
-from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lfmq.errors import UnsupportedModelError, UsageError
+from lfmq.runtime import llama_log
 from lfmq.runtime.errors import ContextOverflowError, LfmqWarning, RuntimeFailure, TemplateError
 from lfmq.runtime.profile import Settings, profile_knobs
 from lfmq.runtime.template import builtin_template, compile_template, render
 
 SUPPORTED_ARCHS = ("lfm2", "lfm2moe")
 TRAINED_CONTEXT = 32768  # LFM2's training context; the GGUF metadata advertises 128000
-
-_log: deque[str] = deque(maxlen=32)  # llama.cpp's recent warnings and errors, quoted when an operation fails
-_log_state: dict[str, Any] = {"callback": None, "keep": False}
-
 
 def llama() -> Any:
     """The binding, imported on first use so that `lfmq --help` and `lfmq convert` never load the library."""
@@ -30,28 +26,9 @@ def llama() -> Any:
     return llama_cpp
 
 
-def _install_log() -> None:
-    """Route llama.cpp's log into a small buffer instead of stderr (the library never prints)."""
-    L = llama()
-    if _log_state["callback"] is None:
-        @L.llama_log_callback
-        def callback(level: int, text: bytes, user_data: Any) -> None:
-            if level == 5:  # continuation of the previous line
-                if _log_state["keep"] and _log:
-                    _log[-1] += text.decode("utf-8", "replace")
-                return
-            _log_state["keep"] = level >= 3  # warn and error
-            if _log_state["keep"]:
-                _log.append(text.decode("utf-8", "replace"))
-
-        _log_state["callback"] = callback
-        L.llama_backend_init()
-    L.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
-
-
 def log_tail() -> str:
-    """The last few lines llama.cpp logged as warnings or errors, on one line."""
-    return " | ".join(line.strip() for line in list(_log)[-3:] if line.strip()) or "no reason logged"
+    """The last few lines llama.cpp logged as errors, on one line."""
+    return llama_log.tail()
 
 
 def _ggml_type(name: str) -> int:
@@ -124,7 +101,7 @@ class Model:
 
     def _open(self) -> None:
         L, s = llama(), self.settings
-        _install_log()
+        llama_log.route()
         mp = L.llama_model_default_params()
         # llama.cpp 0.5 replaced use_mmap with load_mode (a ctypes Structure would take `use_mmap` silently, unused)
         mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if s.use_mmap else L.LLAMA_LOAD_MODE_NONE
