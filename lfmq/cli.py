@@ -191,7 +191,7 @@ def bench(
 ) -> None:
     """Measure prompt processing, generation, time to first token and peak memory, like llama-bench."""
     from lfmq import ui
-    from lfmq.devices import bench as b
+    from lfmq.bench import run as b
     from lfmq.errors import UsageError
 
     if compare:
@@ -207,7 +207,7 @@ def bench(
     if json:
         ui.write_json(result, json, force)
     if report:
-        from lfmq.devices.report import write_report
+        from lfmq.bench.report import write_report
 
         for path in write_report(result, report, force):
             ui.out.print(f"wrote {path}")
@@ -406,7 +406,7 @@ def extract(
     from lfmq import repl, ui
     from lfmq.atomic import check_target
     from lfmq.errors import UsageError
-    from lfmq.runtime.errors import ExtractionFailed
+    from lfmq.errors import ExtractionFailed
     from lfmq.runtime.extract import load_schema, read_inputs, run_batch
 
     spec = load_schema(schema)  # cheap checks first: schema, output, inputs, then the model

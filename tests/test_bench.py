@@ -11,7 +11,7 @@ import pytest
 import lfmq
 
 from conftest import run_cli
-from lfmq.devices.bench import bench, compare
+from lfmq.bench.run import bench, compare
 
 LLAMA_BENCH_FIELDS = {"model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads",
                       "type_k", "type_v", "flash_attn", "use_mmap", "n_prompt", "n_gen", "n_depth", "test_time",
@@ -94,7 +94,7 @@ def test_use_mmap_reaches_llama_cpp(small_f16):
     def rss_file(use_mmap: bool) -> float:
         case = {"model": str(small_f16), "n_prompt": 0, "n_gen": 2, "n_depth": 0, "reps": 1,
                 "knobs": {"threads": 1, "use_mmap": use_mmap, "n_ctx": 256}}
-        out = subprocess.run([sys.executable, "-m", "lfmq.devices.bench_case"], input=json.dumps(case),
+        out = subprocess.run([sys.executable, "-m", "lfmq.bench.case"], input=json.dumps(case),
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out)["rssfile"]
 

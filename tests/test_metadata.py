@@ -163,7 +163,7 @@ def test_inspect_cli_output_is_exact(tiny_f32, tiny_ckpt):
 
 def test_fast_index_agrees_with_gguf_reader(tiny_f32):
     """The C-parser index the runtime, quantizer and bench use reads what GGUFReader reads (minus long arrays)."""
-    from lfmq.runtime.gguf_index import tensor_index
+    from lfmq.llama.gguf_index import tensor_index
 
     ix = tensor_index(tiny_f32)
     reader = _read(tiny_f32)

@@ -132,7 +132,7 @@ def test_llama_log_routing_survives_a_capture(tmp_path):
     runtime's buffer (they once went back to llama-cpp-python's own logger)."""
     import llama_cpp
 
-    from lfmq.runtime import llama_log
+    from lfmq.llama import log as llama_log
 
     with llama_log.captured() as log:
         llama_cpp.llama_model_load_from_file(str(tmp_path / "absent.gguf").encode(), llama_cpp.llama_model_default_params())

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lfmq.devices.bench import BenchReport, bench, compare, load_report
-from lfmq.devices.bench import Test as BenchTest
-from lfmq.devices.report import REPORT_FILES, write_report
+from lfmq.bench.run import BenchReport, bench, compare, load_report
+from lfmq.bench.run import Test as BenchTest
+from lfmq.bench.report import REPORT_FILES, write_report
 from lfmq.errors import OutputExistsError
 
 ODD = "odd<&>\"name'-Q4_0.gguf"  # a file name that breaks HTML and markdown unless escaped

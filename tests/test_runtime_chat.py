@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lfmq.runtime import Chat, chat, load
-from lfmq.runtime.errors import ContextOverflowError
+from lfmq.errors import ContextOverflowError
 
 SYSTEM = "You are a terse assistant. Answer in one short sentence."
 QUESTIONS = [f"Question {i}: what is {i} times {i + 3}, and why does it matter?" for i in range(10)]

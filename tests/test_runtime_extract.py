@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from lfmq.runtime import extract, extract_many, load, load_schema
-from lfmq.runtime.errors import SchemaError
+from lfmq.errors import SchemaError
 from lfmq.runtime.extract import Input, read_inputs
 
 TEXTS = ["Invoice 2024-118 from ACME Corp: 3 widgets at 19.99 EUR, paid on 2024-05-02 by Jane Roe.",

@@ -10,7 +10,7 @@ import pytest
 
 from lfmq.errors import GGUFFileError, ModelNotFoundError, UsageError
 from lfmq.runtime import Sampling, generate, load, stream_generate
-from lfmq.runtime.errors import ContextOverflowError, RuntimeFailure
+from lfmq.errors import ContextOverflowError, LlamaError
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_bad_arguments(model):
         generate(model, "x", temprature=0.5)
     with pytest.raises(UsageError, match="max_tokens must be at least 1"):
         generate(model, "x", max_tokens=0)
-    with pytest.raises(RuntimeFailure, match="rejected the grammar"):
+    with pytest.raises(LlamaError, match="rejected the grammar"):
         generate(model, "x", grammar="root ::= nonsense (")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import lfmq
 from lfmq.runtime import load
-from lfmq.runtime.errors import LfmqWarning, TemplateError
+from lfmq.errors import LfmqWarning, TemplateError
 from lfmq.runtime.template import builtin_template, render
 
 WEATHER = {"type": "function", "function": {

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from lfmq.runtime import Chat, ToolCall, format_calls, load, parse_calls, parse_reply
-from lfmq.runtime.errors import ToolCallError, ToolsFileError
+from lfmq.errors import ToolCallError, ToolsFileError
 from lfmq.runtime.tools import call_grammar, load_tools
 
 S, E = "<|tool_call_start|>", "<|tool_call_end|>"

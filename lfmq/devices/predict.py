@@ -45,7 +45,7 @@ class ModelShape:
 
 
 def model_shape(path: str | Path) -> ModelShape:
-    from lfmq.runtime.gguf_index import tensor_index
+    from lfmq.llama.gguf_index import tensor_index
 
     ix = tensor_index(path)
     arch = ix.get("general.architecture")

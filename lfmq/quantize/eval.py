@@ -170,7 +170,7 @@ def _file(path: str | Path) -> _File:
     import gguf
 
     from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
-    from lfmq.runtime.gguf_index import tensor_index
+    from lfmq.llama.gguf_index import tensor_index
 
     ix = tensor_index(path)
     ftype = ix.get(gguf.Keys.General.FILE_TYPE)

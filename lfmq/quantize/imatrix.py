@@ -17,7 +17,7 @@ import numpy as np
 
 from lfmq.atomic import check_target
 from lfmq.errors import UsageError
-from lfmq.runtime.gguf_index import GGMLTensor, tensor_index
+from lfmq.llama.gguf_index import GGMLTensor, tensor_index
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
 from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
 

@@ -10,13 +10,10 @@ import gguf
 import numpy as np
 
 from lfmq.atomic import atomic_path
-from lfmq.errors import GGUFFileError, LfmqError, ModelNotFoundError
+from lfmq.errors import GGUFFileError, ImatrixError, LfmqError, ModelNotFoundError
 
 IN_SUM2, COUNTS = ".in_sum2", ".counts"
 
-
-class ImatrixError(LfmqError, ValueError):
-    """An importance matrix that is unreadable or made for another model."""
 
 
 @dataclass

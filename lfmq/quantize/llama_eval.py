@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from lfmq.errors import LfmqError
-from lfmq.runtime import llama_log
+from lfmq.errors import LlamaError as EvalError
+from lfmq.llama import log as llama_log
 
-
-class EvalError(LfmqError, RuntimeError):
-    """llama.cpp could not load or evaluate a model."""
 
 
 class ChunkEvaluator:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lfmq.atomic import atomic_path, check_target
-from lfmq.errors import LfmqError, UsageError
-from lfmq.runtime import llama_log
-from lfmq.runtime.gguf_index import tensor_index
+from lfmq.errors import LfmqError, QuantizeError, UsageError
+from lfmq.llama import log as llama_log
+from lfmq.llama.gguf_index import tensor_index
 from lfmq.quantize.imatrix_file import check_against_model, read_imatrix
 from lfmq.quantize.types import QuantType, parse_quant_types, parse_tensor_overrides, parse_tensor_type
 
@@ -26,9 +26,6 @@ UNQUANTIZED = {"F32", "F16", "BF16"}
 PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
 Progress = Callable[[str, int, int], None]  # (type name, tensors done, tensors total)
 
-
-class QuantizeError(LfmqError, RuntimeError):
-    """llama.cpp's quantizer refused or failed."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from lfmq.errors import UsageError
-from lfmq.runtime.errors import ContextOverflowError
+from lfmq.errors import ContextOverflowError
 from lfmq.runtime.generate import Chunk, Stats, stream_generate
 from lfmq.runtime.model import Model
 from lfmq.runtime.tools import CALL_END, CALL_START, ToolCall, call_grammar, format_calls, parse_reply

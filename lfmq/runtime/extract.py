@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
-from lfmq.runtime.errors import ContextOverflowError, SchemaError
+from lfmq.errors import ContextOverflowError, SchemaError
 from lfmq.runtime.generate import stream_generate
 from lfmq.runtime.model import Model
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator, Sequence
 
 from lfmq.errors import UsageError
-from lfmq.runtime.errors import RuntimeFailure
+from lfmq.errors import LlamaError
 from lfmq.runtime.model import Model, llama, log_tail
 
 
@@ -91,7 +91,7 @@ def _sampler(model: Model, s: Sampling, history: Sequence[int], grammar: str | N
         g = L.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
         if not g:
             L.llama_sampler_free(chain)
-            raise RuntimeFailure(f"llama.cpp rejected the grammar: {log_tail()}")
+            raise LlamaError(f"llama.cpp rejected the grammar: {log_tail()}")
         L.llama_sampler_chain_add(chain, g)
     if s.repeat_penalty != 1.0 and s.repeat_last_n != 0:
         pen = L.llama_sampler_init_penalties(model.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lfmq.errors import UnsupportedModelError, UsageError
-from lfmq.runtime import llama_log
-from lfmq.runtime.errors import ContextOverflowError, LfmqWarning, RuntimeFailure, TemplateError
+from lfmq.llama import log as llama_log
+from lfmq.errors import ContextOverflowError, LfmqWarning, LlamaError, TemplateError
 from lfmq.runtime.profile import Settings, profile_knobs
 from lfmq.runtime.template import builtin_template, compile_template, render
 
@@ -62,7 +62,7 @@ class Model:
         from gguf import Keys
 
         from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
-        from lfmq.runtime.gguf_index import tensor_index
+        from lfmq.llama.gguf_index import tensor_index
 
         self.path = Path(path)
         self.warnings: tuple[str, ...] = ()
@@ -107,7 +107,7 @@ class Model:
         mp.load_mode = L.LLAMA_LOAD_MODE_MMAP if s.use_mmap else L.LLAMA_LOAD_MODE_NONE
         model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not model:
-            raise RuntimeFailure(f"llama.cpp could not load {self.path}: {log_tail()}")
+            raise LlamaError(f"llama.cpp could not load {self.path}: {log_tail()}")
         self._ptrs["model"] = model
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = s.n_ctx, s.n_batch, min(s.n_ubatch, s.n_batch)
@@ -119,7 +119,7 @@ class Model:
         ctx = L.llama_init_from_model(model, cp)
         if not ctx:
             self.close()
-            raise RuntimeFailure(f"llama.cpp could not create a context for {self.path} with {s}: {log_tail()}")
+            raise LlamaError(f"llama.cpp could not create a context for {self.path} with {s}: {log_tail()}")
         self._ptrs["ctx"] = ctx
         self._ptrs["batch"] = L.llama_batch_init(s.n_batch, 0, 1)
         self._vocab = L.llama_model_get_vocab(model)
@@ -332,7 +332,7 @@ class Model:
             self._state_ok = False  # until llama.cpp returns: an interrupt in between leaves the state unknown
             rc = L.llama_decode(self.ctx, batch)
             if rc != 0:
-                raise RuntimeFailure(f"llama.cpp failed to evaluate {len(part)} tokens (code {rc}): {log_tail()}")
+                raise LlamaError(f"llama.cpp failed to evaluate {len(part)} tokens (code {rc}): {log_tail()}")
             self._tokens.extend(part)
             self._state_ok = True
             self.evaluated += len(part)

@@ -9,7 +9,7 @@ from importlib import resources
 from typing import Any, Mapping, Sequence
 
 from lfmq.errors import UsageError
-from lfmq.runtime.errors import TemplateError
+from lfmq.errors import TemplateError
 
 BUILTIN_NAME = "lfm2.5-instruct.jinja"
 REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lfmq.runtime.errors import ToolCallError, ToolsFileError
+from lfmq.errors import ToolCallError, ToolsFileError
 
 CALL_START, CALL_END = "<|tool_call_start|>", "<|tool_call_end|>"
 JSON_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}

@@ -15,13 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lfmq.errors import LfmqError, UsageError
+from lfmq.errors import BenchError, LfmqError, UsageError
 
 Progress = Callable[[str, int, int], None]
 
-
-class BenchError(LfmqError, RuntimeError):
-    """A benchmark case failed."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ def build_info() -> dict[str, str]:
 
 def _run_case(model: Path, n_prompt: int, n_gen: int, depth: int, reps: int, knobs: dict) -> dict[str, Any]:
     case = {"model": str(model), "n_prompt": n_prompt, "n_gen": n_gen, "n_depth": depth, "reps": reps, "knobs": knobs}
-    proc = subprocess.run([sys.executable, "-m", "lfmq.devices.bench_case"], input=json.dumps(case),
+    proc = subprocess.run([sys.executable, "-m", "lfmq.bench.case"], input=json.dumps(case),
                           capture_output=True, text=True, env={**os.environ, "LFMQ_DEBUG": "0"})
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -148,7 +145,7 @@ def bench(
     from lfmq import __version__
     from lfmq.devices.predict import measure_bandwidth, model_shape
     from lfmq.devices.profiles import HOST, get_profile, host_profile
-    from lfmq.runtime.gguf_index import tensor_index
+    from lfmq.llama.gguf_index import tensor_index
 
     if reps < 1 or n_prompt < 0 or n_gen < 0 or depth < 0 or not (n_prompt or n_gen):
         raise UsageError("bench needs reps >= 1 and a prompt (-p) or a generation (-n) length")

@@ -1,4 +1,4 @@
-"""One benchmark case, run in a fresh process (`python -m lfmq.devices.bench_case` with a JSON case on stdin) so that
+"""One benchmark case, run in a fresh process (`python -m lfmq.bench.case` with a JSON case on stdin) so that
 its peak memory is its own. Measures what llama-bench measures, the same way: after a warm-up, `reps` runs from an
 empty state, each timing either a prompt of n_prompt random tokens in batches (pp) or n_gen single-token decodes (tg),
 optionally after n_depth tokens already in the context. Adds load time, time to first token for a chat-sized

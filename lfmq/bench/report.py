@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from lfmq.atomic import atomic_path, check_target
-from lfmq.devices.bench import BenchReport, test_name
+from lfmq.bench.run import BenchReport, test_name
 from lfmq.devices.profiles import HOST, Profile, get_profile
-from lfmq.devices.svgchart import Chart, Series, bar_chart, esc, short_number
+from lfmq.bench.svgchart import Chart, Series, bar_chart, esc, short_number
 from lfmq.errors import LfmqError, OutputExistsError
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -48,7 +48,7 @@ class ModelFacts:
 
 def model_facts(data: dict[str, Any]) -> dict[str, ModelFacts]:
     from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
-    from lfmq.runtime.gguf_index import tensor_index
+    from lfmq.llama.gguf_index import tensor_index
 
     out = {}
     for path in _models(data):
