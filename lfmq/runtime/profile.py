@@ -6,25 +6,12 @@ A profile is a device profile name (looked up in lfmq.devices), a .json/.toml fi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from lfmq.errors import UsageError
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What load() passes to llama.cpp."""
-
-    n_ctx: int = 4096
-    threads: int | None = None        # None: the cores this process may use
-    n_batch: int = 512
-    n_ubatch: int = 512
-    use_mmap: bool = True
-    flash_attn: bool | None = None    # None: llama.cpp decides (auto)
-    type_k: str = "f16"
-    type_v: str = "f16"
+from lfmq.llama.settings import Settings
 
 
 KNOBS = tuple(f.name for f in fields(Settings))
