@@ -1,8 +1,8 @@
-"""`lfmq inspect`: what a GGUF holds: architecture, layer map, hparams, tensor types, size, tokenizer, template."""
+"""`lfmq inspect`: what a GGUF holds: the model facts of lfmq.meta (architecture, layer map, hparams, tensor types,
+size, provenance) plus the tokenizer, read with gguf.GGUFReader so that it runs without the compiled library."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +10,7 @@ from typing import Any
 import gguf
 
 from lfmq.errors import GGUFFileError, ModelNotFoundError
+from lfmq.meta import ModelMeta, meta_from_reader
 
 K = gguf.Keys
 GGUF_MAGIC = b"GGUF"
@@ -63,25 +64,15 @@ def field_value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
     return f.contents()
 
 
-def _hparams(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
-    keys = {
-        "context_length": K.LLM.CONTEXT_LENGTH, "embedding_length": K.LLM.EMBEDDING_LENGTH,
-        "feed_forward_length": K.LLM.FEED_FORWARD_LENGTH, "block_count": K.LLM.BLOCK_COUNT,
-        "vocab_size": K.LLM.VOCAB_SIZE, "head_count": K.Attention.HEAD_COUNT,
-        "rms_epsilon": K.Attention.LAYERNORM_RMS_EPS, "rope_freq_base": K.Rope.FREQ_BASE,
-        "shortconv_l_cache": K.ShortConv.L_CACHE,
+def _hparams(meta: ModelMeta) -> dict[str, Any]:
+    """The hyperparameters the file states, under the names `lfmq inspect` has always printed."""
+    out = {
+        "context_length": meta.context_length, "embedding_length": meta.n_embd, "feed_forward_length": meta.n_ff,
+        "block_count": meta.n_layer or None, "vocab_size": meta.n_vocab, "head_count": meta.n_head,
+        "rms_epsilon": meta.rms_eps, "rope_freq_base": meta.rope_freq_base, "shortconv_l_cache": meta.l_cache,
+        "head_count_kv": meta.n_head_kv,
     }
-    out = {name: field_value(reader, key.format(arch=arch)) for name, key in keys.items()}
-    kv = field_value(reader, K.Attention.HEAD_COUNT_KV.format(arch=arch))
-    out["head_count_kv"] = max(kv) if isinstance(kv, list) else kv
     return {k: v for k, v in out.items() if v is not None}
-
-
-def _layers(reader: gguf.GGUFReader, arch: str, n_layer: int) -> list[str]:
-    kv = field_value(reader, K.Attention.HEAD_COUNT_KV.format(arch=arch))
-    if isinstance(kv, list):
-        return ["attention" if n else "conv" for n in kv]
-    return ["attention"] * n_layer
 
 
 def _tokenizer(reader: gguf.GGUFReader) -> dict[str, Any]:
@@ -105,33 +96,24 @@ def _tokenizer(reader: gguf.GGUFReader) -> dict[str, Any]:
 
 
 def inspect(path: str | Path) -> GGUFInfo:
-    """Summarise a GGUF model file."""
+    """Summarise a GGUF model file: its ModelMeta plus the vocabulary, read without the compiled library."""
     path = Path(path)
     reader = open_gguf(path)
-    arch = field_value(reader, K.General.ARCHITECTURE)
-    if not arch:
-        raise GGUFFileError(f"{path} has no general.architecture: it is not a model file")
-    n_params = sum(int(t.n_elements) for t in reader.tensors)
-    hp = _hparams(reader, arch)
-    ftype = field_value(reader, K.General.FILE_TYPE)
-    from lfmq.convert.writer import KEY_LFMQ_REVISION, KEY_LFMQ_SOURCE, KEY_LFMQ_SYNTHETIC, KEY_LFMQ_VERSION
-
-    prov = {k: field_value(reader, k) for k in (KEY_LFMQ_VERSION, KEY_LFMQ_SOURCE, KEY_LFMQ_REVISION)}
-    size = path.stat().st_size
+    meta = meta_from_reader(reader, path)
     return GGUFInfo(
         path=path.resolve(),
-        architecture=arch,
-        name=field_value(reader, K.General.NAME),
-        file_type=gguf.LlamaFileType(ftype).name if ftype is not None and ftype in gguf.LlamaFileType._value2member_map_ else None,
-        layers=_layers(reader, arch, int(hp.get("block_count", 0))),
-        hparams=hp,
-        tensors=len(reader.tensors),
-        parameters=n_params,
-        types=dict(Counter(t.tensor_type.name for t in reader.tensors).most_common()),
-        bytes=size,
-        bits_per_weight=8 * sum(int(t.n_bytes) for t in reader.tensors) / max(n_params, 1),
+        architecture=meta.architecture,
+        name=meta.name,
+        file_type=meta.file_type,
+        layers=list(meta.layers),
+        hparams=_hparams(meta),
+        tensors=meta.n_tensors,
+        parameters=meta.n_params,
+        types=meta.tensor_types,
+        bytes=meta.file_bytes,
+        bits_per_weight=meta.bits_per_weight,
         tokenizer=_tokenizer(reader),
-        chat_template=bool(field_value(reader, K.Tokenizer.CHAT_TEMPLATE)),
-        synthetic=bool(field_value(reader, KEY_LFMQ_SYNTHETIC, False)),
-        provenance={k: v for k, v in prov.items() if v},
+        chat_template=meta.chat_template,
+        synthetic=meta.synthetic,
+        provenance=meta.provenance,
     )

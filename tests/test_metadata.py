@@ -177,3 +177,65 @@ def test_fast_index_agrees_with_gguf_reader(tiny_f32):
         t = tensors[name]
         assert (list(entry.shape), entry.type, entry.nbytes) == ([int(d) for d in t.shape], t.tensor_type.name, int(t.n_bytes))
     assert ix.data_offset == min(t.data_offset for t in reader.tensors)
+
+
+# ---- lfmq.meta: one reader of model facts, through either parser ----
+
+def test_read_meta_round_trip(tiny_f32):
+    """What the converter wrote comes back through read_meta (llama.cpp's parser)."""
+    from lfmq.meta import read_meta
+
+    m = read_meta(tiny_f32)
+    r = _read(tiny_f32)
+    assert (m.architecture, m.file_type, m.type_name) == ("lfm2", "ALL_F32", "F32")
+    assert m.layers == ("conv", "attention", "conv", "attention") and (m.n_layer, m.n_attn) == (4, 2)
+    assert (m.n_embd, m.n_head, m.n_head_kv, m.head_dim, m.n_ff, m.n_vocab) == (64, 4, 2, 16, 192, 1024)
+    assert (m.context_length, m.rope_freq_base, m.l_cache) == (128000, 1_000_000.0, 3)
+    assert m.rms_eps == pytest.approx(1e-5)
+    assert m.file_bytes == tiny_f32.stat().st_size
+    assert m.tensor_bytes == sum(int(t.n_bytes) for t in r.tensors) and m.n_params == 271_360
+    assert m.bits_per_weight == pytest.approx(32.0) and m.tensor_types == {"F32": 40} and m.n_tensors == 40
+    assert m.tied and m.bytes_per_token == m.tensor_bytes  # tied: the embedding is read whole, as the LM head
+    assert m.chat_template and m.synthetic
+    assert (m.lfmq_version, m.source) == (lfmq.__version__, field_value(r, "lfmq.source"))
+    assert m.provenance == {"lfmq.version": lfmq.__version__, "lfmq.source": m.source}
+    assert (m.expert_count, m.expert_used_count, m.leading_dense_blocks, m.n_ff_expert) == (None,) * 4  # dense
+
+
+def test_both_parsers_give_the_same_meta(tiny_f32):
+    """`lfmq inspect` reads with GGUFReader (no compiled library), the rest with llama.cpp's parser: same facts."""
+    from lfmq.meta import meta_from_reader, read_meta
+
+    assert meta_from_reader(_read(tiny_f32), tiny_f32) == read_meta(tiny_f32)
+
+
+def test_read_meta_untied(make_ckpt, tmp_path):
+    """Untied: output.weight is the LM head; a decoded token reads one row of the embedding, not all of it."""
+    from lfmq.meta import meta_from_reader, read_meta
+
+    out = lfmq.convert(make_ckpt(tied=False), tmp_path / "m.gguf", outtype="f16").path
+    m = read_meta(out)
+    embd = next(t for t in _read(out).tensors if t.name == "token_embd.weight")
+    assert not m.tied and m.file_type == "MOSTLY_F16"
+    assert m.bytes_per_token == m.tensor_bytes - int(embd.n_bytes) + int(embd.n_bytes) // 1024
+    assert meta_from_reader(_read(out), out) == m
+
+
+def test_read_meta_of_quantized_files(small_ladder):
+    """llama.cpp's quantizer writes general.file_type: the type names tell Q4_K_M from Q5_K_M."""
+    from lfmq.meta import read_meta
+
+    for name, path in small_ladder.items():
+        assert read_meta(path).type_name == name, name
+
+
+def test_read_meta_errors(tmp_path):
+    from lfmq.errors import GGUFFileError, ModelNotFoundError
+    from lfmq.meta import read_meta
+
+    with pytest.raises(ModelNotFoundError):
+        read_meta(tmp_path / "missing.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"nope")
+    with pytest.raises(GGUFFileError, match="not a GGUF file"):
+        read_meta(junk)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from lfmq.devices.profiles import Profile, Published, builtin_profiles
+from lfmq.errors import GGUFFileError
+from lfmq.meta import ModelMeta, read_meta
 
 # Reference files behind the published figures: tensor bytes (what a decoded token reads: both models are tied)
 # of each published model and type, from lfmq's shape-exact synthetic models quantized by llama.cpp (their file
@@ -29,7 +31,7 @@ RUNTIME_OVERHEAD_MB = 50.0  # the process before a model loads: Python, numpy, l
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What a prediction needs to know of a GGUF."""
+    """What a prediction needs to know of a GGUF (derived from lfmq.meta's ModelMeta)."""
 
     path: Path
     file_bytes: int
@@ -45,23 +47,20 @@ class ModelShape:
 
 
 def model_shape(path: str | Path) -> ModelShape:
-    from lfmq.llama.gguf_index import tensor_index
+    return shape_of(read_meta(path))
 
-    ix = tensor_index(path)
-    arch = ix.get("general.architecture")
-    kv = ix.get(f"{arch}.attention.head_count_kv")
-    kv_list = kv if isinstance(kv, list) else [kv] * int(ix.get(f"{arch}.block_count"))
-    n_embd = int(ix.get(f"{arch}.embedding_length"))
-    head_dim = n_embd // int(ix.get(f"{arch}.attention.head_count"))
-    total = ix.tensor_bytes
-    embd = ix.tensors["token_embd.weight"]
-    # untied: the embedding contributes one row per token; tied: it is the LM head and is read whole
-    per_token = total - embd.nbytes + embd.nbytes // embd.shape[1] if "output.weight" in ix.tensors else total
+
+def shape_of(meta: ModelMeta) -> ModelShape:
+    """The part of a model's metadata a prediction uses; a file that lacks a dimension cannot be predicted."""
+    need = {"embedding_length": meta.n_embd, "head dimension": meta.head_dim, "vocabulary size": meta.n_vocab}
+    missing = [name for name, value in need.items() if not value]
+    if missing:
+        raise GGUFFileError(f"{meta.path} does not state its {', '.join(missing)}: lfmq cannot predict for it")
     return ModelShape(
-        path=Path(path), file_bytes=Path(path).stat().st_size, tensor_bytes=total, bytes_per_token=per_token,
-        params=ix.n_params, n_layer=len(kv_list), n_attn=sum(1 for k in kv_list if k), n_embd=n_embd,
-        kv_dim=max(kv_list) * head_dim, n_vocab=int(embd.shape[1]),
-        l_cache=int(ix.get(f"{arch}.shortconv.l_cache", 3) or 3),
+        path=meta.path, file_bytes=meta.file_bytes, tensor_bytes=meta.tensor_bytes,
+        bytes_per_token=meta.bytes_per_token, params=meta.n_params, n_layer=meta.n_layer, n_attn=meta.n_attn,
+        n_embd=meta.n_embd, kv_dim=(meta.n_head_kv or 0) * meta.head_dim, n_vocab=meta.n_vocab,
+        l_cache=meta.l_cache or 3,
     )
 
 
