@@ -192,10 +192,11 @@ def bench(
     """Measure prompt processing, generation, time to first token and peak memory, like llama-bench."""
     from lfmq import ui
     from lfmq.bench import run as b
+    from lfmq.bench.result import compare as compare_reports
     from lfmq.errors import UsageError
 
     if compare:
-        ui.show_compare(b.compare(*compare))
+        ui.show_compare(compare_reports(*compare))
         return
     if not models:
         raise UsageError("give one or more GGUF files to measure (or --compare A.json B.json)")
@@ -205,7 +206,8 @@ def bench(
                          depth=depth, progress=progress)
     ui.show_bench(result)
     if json:
-        ui.write_json(result, json, force)
+        result.save(json, force)  # report.json's shape, from one place
+        ui.out.print(f"wrote {json}")
     if report:
         from lfmq.bench.report import write_report
 

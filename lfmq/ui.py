@@ -290,6 +290,9 @@ def write_json(obj: Any, path: Path, force: bool = False) -> None:
 
 
 def show_bench(rep: Any) -> None:
+    """A BenchReport: one row per test, the predictions (labelled), the profile as used, the build."""
+    from lfmq.bench.sections import measured
+
     rows = []
     for t in rep.tests:
         rows.append([Path(t.model_filename).name, t.model_type, str(t.n_threads), t.name,
@@ -298,15 +301,22 @@ def show_bench(rep: Any) -> None:
                      f"{t.peak_rss_mb * 2**20 / t.file_bytes:.2f}x"])
     _table(["model", "type", "threads", "test", "t/s", "TTFT ms", "load ms", "peak MB (anon+file)", "peak/file"],
            rows, "llrlrrrrr")
+    if rep.device.emulated:
+        warn(f"{measured(rep)}: these speeds check the build, they are not the device's")
+    else:
+        out.print(measured(rep))
     for p in rep.predictions:
-        dec, pre = p["decode_tps"], p["prefill_tps"]
-        out.print(f"predicted on {p['profile']} (not measured): {p['model']} decode {_fmt(dec, 'tok/s')}, prefill "
-                  f"{_fmt(pre, 'tok/s')}, memory {p['memory_total_mb']:,.0f} MB")
-    out.print(f"build: llama-cpp-python {rep.build['llama_cpp_python']} (llama.cpp {rep.build['llama_cpp']}, "
-              f"libllama {rep.build['libllama_sha256']}); profile {rep.profile}")
+        out.print(f"predicted on {p.profile} (not measured): {p.model} decode {_fmt(p.decode_tps, 'tok/s')}, prefill "
+                  f"{_fmt(p.prefill_tps, 'tok/s')}, memory {p.memory.total_mb:,.0f} MB")
+    prof, b = rep.profile, rep.build
+    out.print(f"profile {prof.name}: memory bandwidth {prof.bandwidth_gbs:.1f} GB/s "
+              f"({prof.memory.get('bandwidth_source', '?')})", markup=False)
+    out.print(f"build: llama-cpp-python {b.llama_cpp_python} (llama.cpp {b.llama_cpp}, libllama {b.libllama_sha256})",
+              markup=False)
 
 
-def show_compare(rows: list[dict]) -> None:
+def show_compare(rows: list[Any]) -> None:
+    """compare()'s rows: B's speed and peak memory beside A's, and the ratios B / A."""
     _table(["model", "test", "threads", "A t/s", "B t/s", "B/A", "A peak MB", "B peak MB", "B/A"],
-           [[r["model"], r["test"], str(r["threads"]), f"{r['a_ts']:.2f}", f"{r['b_ts']:.2f}", f"{r['ts_ratio']:.3f}",
-             f"{r['a_rss_mb']:.0f}", f"{r['b_rss_mb']:.0f}", f"{r['rss_ratio']:.3f}"] for r in rows], "llrrrrrrr")
+           [[r.model, r.test, str(r.threads), f"{r.a_ts:.2f}", f"{r.b_ts:.2f}", f"{r.ts_ratio:.3f}",
+             f"{r.a_rss_mb:.0f}", f"{r.b_rss_mb:.0f}", f"{r.rss_ratio:.3f}"] for r in rows], "llrrrrrrr")

@@ -4,6 +4,7 @@ Nothing here asserts a speed: benchmarks/bench_vs_llama_bench.py measures."""
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 import lfmq
 
 from conftest import run_cli
-from lfmq.bench.run import bench, compare
+from lfmq.bench.result import compare
+from lfmq.bench.run import bench
 
 LLAMA_BENCH_FIELDS = {"model_filename", "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads",
                       "type_k", "type_v", "flash_attn", "use_mmap", "n_prompt", "n_gen", "n_depth", "test_time",
@@ -51,22 +53,38 @@ def test_memory_is_measured_per_case(report):
         assert 0 < t.rss_anon_mb + t.rss_file_mb <= t.peak_rss_mb + 1
         assert t.peak_rss_mb < 1000  # a fresh small process, not the test runner's footprint
         assert t.ttft_ms > 0 and t.load_ms > 0
-    assert report.build["llama_cpp_python"] == "0.3.36"
-    assert report.predictions and report.predictions[0]["memory_total_mb"] > 0
+    assert report.build.llama_cpp_python == "0.3.36"
+    assert report.predictions and report.predictions[0].memory.total_mb > 0
 
 
 def test_compare_reports(report, tmp_path):
-    from lfmq import ui
-
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps(ui.to_jsonable(report)))
-    data = ui.to_jsonable(report)
+    a.write_text(json.dumps(report.to_dict()))
+    data = report.to_dict()
     for t in data["tests"]:
         t["avg_ts"] *= 2
     b.write_text(json.dumps(data))
     rows = compare(a, b)
-    assert [r["ts_ratio"] for r in rows] == pytest.approx([2.0, 2.0])
-    assert [r["rss_ratio"] for r in rows] == pytest.approx([1.0, 1.0])
+    assert [r.ts_ratio for r in rows] == pytest.approx([2.0, 2.0])
+    assert [r.rss_ratio for r in rows] == pytest.approx([1.0, 1.0])
+
+
+def test_host_profile_carries_its_measured_bandwidth(report, tmp_path):
+    """The defect: `--profile host` measured the bandwidth, then the report said "0 GB/s (not measured)" because it
+    looked the profile up again by name. The report now carries the profile as used, through report.json too."""
+    from lfmq.bench.report import write_report
+    from lfmq.bench.result import load_report
+
+    prof = report.profile
+    assert prof.name == "host" and prof.bandwidth_gbs > 0
+    assert prof.memory["bandwidth_source"].startswith("measured")
+    assert (prof.runtime["n_batch"], prof.runtime["n_ubatch"], prof.runtime["use_mmap"]) == (64, 32, False)  # as run
+    json_path, md, html = write_report(report, tmp_path)
+    assert load_report(json_path).profile == prof
+    line = next(line for line in md.read_text(encoding="utf-8").splitlines() if "memory bandwidth" in line)
+    assert line == f"- **memory bandwidth**: {round(prof.bandwidth_gbs, 1):g} GB/s ({prof.memory['bandwidth_source']})"
+    assert "not measured)" not in md.read_text(encoding="utf-8")
+    assert not re.search(r"(?<![\d.])0 GB/s", html.read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("args,code,needle", [

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from lfmq.bench.run import BenchReport, bench, compare, load_report
-from lfmq.bench.run import Test as BenchTest
-from lfmq.bench.report import REPORT_FILES, write_report
-from lfmq.errors import OutputExistsError
+from lfmq.bench.html import render_html
+from lfmq.bench.report import REPORT_FILES, render_markdown, write_report
+from lfmq.bench.result import BenchReport, CompareRow, Device, compare, load_report
+from lfmq.bench.run import bench
+from lfmq.devices.profiles import host_profile
+from lfmq.errors import InputError, OutputExistsError
 
 ODD = "odd<&>\"name'-Q4_0.gguf"  # a file name that breaks HTML and markdown unless escaped
 LOADERS = {"script", "link", "img", "iframe", "object", "embed", "audio", "video", "source", "base"}
@@ -88,12 +90,12 @@ def test_three_files_and_nothing_else(written: dict[str, Path]):
 
 def test_json_round_trips_through_load_and_compare(report: BenchReport, written: dict[str, Path]):
     data = load_report(written["report.json"])
-    assert [BenchTest(**t) for t in data["tests"]] == report.tests
-    assert BenchReport(**{**data, "tests": [BenchTest(**t) for t in data["tests"]]}) == report
+    assert data.tests == report.tests
+    assert data == report
     rows = compare(written["report.json"], written["report.json"])
     assert len(rows) == len(report.tests)
-    assert {r["model"] for r in rows} == {Path(t.model_filename).name for t in report.tests}
-    assert all(r["ts_ratio"] == 1.0 and r["rss_ratio"] == 1.0 for r in rows)
+    assert {r.model for r in rows} == {Path(t.model_filename).name for t in report.tests}
+    assert all(r.ts_ratio == 1.0 and r.rss_ratio == 1.0 for r in rows)
 
 
 def _table(md: str, heading: str) -> list[list[str]]:
@@ -125,7 +127,7 @@ def test_markdown_says_what_the_models_are(report: BenchReport, written: dict[st
 
 
 def test_host_profile_puts_measurements_beside_the_predictions(report: BenchReport, tmp_path: Path):
-    (_, md, _) = write_report(dataclasses.replace(report, profile="host"), tmp_path)
+    (_, md, _) = write_report(dataclasses.replace(report, profile=host_profile(10.0)), tmp_path)
     figures = [r[0] for r in _table(md.read_text(encoding="utf-8"), "Predictions (not measurements)")]
     assert figures.count("measured on this machine") == 2 and figures.count("predicted for rpi5") == 2
 
@@ -164,3 +166,83 @@ def test_existing_files_are_not_overwritten_without_force(report: BenchReport, t
     assert sorted(p.name for p in other.iterdir()) == ["report.html"]  # refused before writing anything
     write_report(report, tmp_path, force=True)
     assert paths[1].read_text(encoding="utf-8").startswith("# lfmq bench report")
+
+
+# ---- the report object: one serialization, renderings from the object alone ----
+
+def test_round_trip_write_load_render_compare(report: BenchReport, written: dict[str, Path], tmp_path: Path):
+    """What a reader of report.json gets is the report: it renders the same documents and compares as typed rows."""
+    loaded = load_report(written["report.json"])
+    assert loaded == report and BenchReport.from_dict(report.to_dict()) == report
+    assert render_markdown(loaded) == written["report.md"].read_text(encoding="utf-8")
+    assert render_html(loaded) == written["report.html"].read_text(encoding="utf-8")
+    for m in loaded.models:  # the files are gone: the report still says what they were
+        assert m.n_layer == 4 and m.n_attn == 2 and m.synthetic
+    b = tmp_path / "b.json"
+    dataclasses.replace(report, tests=[dataclasses.replace(t, avg_ts=t.avg_ts / 2) for t in report.tests]).save(b)
+    rows = compare(written["report.json"], b)
+    assert all(isinstance(r, CompareRow) for r in rows)
+    assert [(r.test, r.threads) for r in rows] == [(t.name, t.n_threads) for t in report.tests]
+    assert [r.ts_ratio for r in rows] == pytest.approx([0.5] * len(rows))
+
+
+def test_report_json_shape(report: BenchReport, written: dict[str, Path]):
+    import json
+
+    data = json.loads(written["report.json"].read_text(encoding="utf-8"))
+    assert data["format"] == 2
+    assert {"lfmq_version", "build", "machine", "profile", "tests", "predictions", "models", "created",
+            "device"} <= set(data)
+    assert data["profile"]["name"] == "rpi5" and data["profile"]["memory"]["bandwidth_gbs"] > 0
+    assert data["device"] == {"kind": "local", "name": "", "features": data["machine"]["features"], "build": {},
+                              "emulated": False}
+    assert data["predictions"][0]["memory"]["weights_mb"] > 0
+    assert [m["layers"] for m in data["models"]] == [["conv", "attention", "conv", "attention"]] * 2
+    data["tests"][1]["avg_ts"] = "fast"
+    with pytest.raises(InputError, match=re.escape("report.tests[1].avg_ts is not a float")):
+        BenchReport.from_dict(data)
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("not json", "is not a bench report (JSON)"),
+    ('{"tests": []}', "format 1, this lfmq reads format 2"),
+    ('{"format": 2, "tests": []}', "report has no 'lfmq_version'"),
+    ('[1, 2]', "not a bench report"),
+])
+def test_a_report_that_does_not_parse(tmp_path: Path, content: str, needle: str):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_report(path)
+
+
+def test_emulated_runs_are_never_shown_as_device_speeds(report: BenchReport, tmp_path: Path):
+    emulated = dataclasses.replace(report, device=Device(kind="qemu", name="rpi5", features=["neon"], emulated=True))
+    assert load_report(emulated.save(tmp_path / "e.json")) == emulated
+    md, page = render_markdown(emulated), render_html(emulated)
+    assert "measured on" not in md and "measured on" not in page
+    assert "Emulated (qemu), not a speed of rpi5, each case" in md  # the results' note
+    assert "emulated (qemu), not a speed of rpi5" in page  # the speed chart's bars
+    assert "(emulated: not a device speed)" in md.splitlines()[0]
+    assert not any(r[0].startswith("emulated") for r in _table(md, "Predictions (not measurements)"))
+
+
+def test_html_sha256_fits_its_table(report: BenchReport, written: dict[str, Path]):
+    """The sha256 column once pushed the model-files table past the page at 1280 px: 16 hex digits show, all 64 are
+    the cell's tooltip (and in report.md and report.json)."""
+    text = written["report.html"].read_text(encoding="utf-8")
+    for digest in {t.model_sha256 for t in report.tests}:
+        assert f'title="{digest}">{digest[:16]}…</td>' in text
+        assert f">{digest}<" not in text
+    assert text.count('<div class="table"><table>') == text.count("<table>")  # every table scrolls inside the page
+
+
+def test_speed_chart_names_every_type(small_ladder: dict[str, Path]):
+    """llama.cpp describes Q4_K_M and Q5_K_M both as "... - Medium"; the chart names the file types."""
+    from lfmq.bench.html import speed_figure
+
+    rep = bench([small_ladder["Q4_K_M"], small_ladder["Q5_K_M"]], profile="rpi5", n_prompt=8, n_gen=2, reps=1, threads=[1])
+    assert [t.model_type.split(" - ")[-1] for t in rep.tests] == ["Medium"] * 4  # what the chart used to show
+    labels = re.findall(r"<title>([^<]*)</title>", speed_figure(rep))
+    for expected in ("Q4_K_M pp8", "Q4_K_M tg2", "Q5_K_M pp8", "Q5_K_M tg2"):
+        assert expected in labels

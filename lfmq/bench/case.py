@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lfmq.llama.settings import Settings
 
 CHAT = [  # a chat-sized request: system prompt, tool-style instruction, a short user message
     {"role": "system", "content": "You are a helpful assistant that extracts structured data from messages. "
@@ -22,6 +24,35 @@ CHAT = [  # a chat-sized request: system prompt, tool-style instruction, a short
                                 "1,284.50 euros by bank transfer, reference INV-2026-0117. Could you confirm that it "
                                 "arrived and send the receipt to my office address? Thanks a lot, Dana."},
 ]
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """What one case measured, as a case process prints it (a native runner on a device prints the same keys)."""
+
+    samples_ns: list[int]       # one per repetition: the timed part only
+    load_ms: float
+    ttft_ms: float
+    settings: Settings          # as the context was created (threads resolved)
+    model_type: str             # llama_model_desc, e.g. "lfm2 350M Q4_K - Medium"
+    model_size: int             # bytes of the weights
+    model_n_params: int
+    vmhwm: float                # MB: peak resident memory of the process
+    vmrss: float
+    rssanon: float
+    rssfile: float
+
+    @classmethod
+    def from_dict(cls, data: Any) -> CaseResult:
+        """From the JSON object a case process prints; InputError when it is not one."""
+        from lfmq.bench.result import from_data
+
+        return from_data(cls, data, "case result")
+
+    def to_dict(self) -> dict[str, Any]:
+        from lfmq.bench.result import to_data
+
+        return to_data(self)
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,7 @@ def _ttft(model: Any) -> float:
     return time.perf_counter() - started
 
 
-def run(case: Case) -> dict[str, Any]:
+def run(case: Case) -> CaseResult:
     from lfmq.runtime import load
 
     rng = np.random.default_rng(case.seed)
@@ -98,13 +129,13 @@ def run(case: Case) -> dict[str, Any]:
                 _gen(model, rng, case.n_gen)
             samples.append(time.perf_counter_ns() - t)
         ttft = _ttft(model)
-        settings = asdict(model.settings)
         desc = _describe(model)
+        settings = model.settings
         memory = memory_status()  # with the model still loaded: anon and file-backed pages as they stand
     finally:
         model.close()
-    return {"samples_ns": samples, "load_ms": 1e3 * load_s, "ttft_ms": 1e3 * ttft, "settings": settings,
-            **desc, **{k.lower(): v for k, v in memory.items()}}
+    return CaseResult(samples_ns=samples, load_ms=1e3 * load_s, ttft_ms=1e3 * ttft, settings=settings, **desc,
+                      **{k.lower(): v for k, v in memory.items()})
 
 
 def _describe(model: Any) -> dict[str, Any]:
@@ -125,4 +156,4 @@ def ctypes_buffer(n: int) -> Any:
 
 if __name__ == "__main__":
     result = run(Case(**json.loads(sys.stdin.read())))
-    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.write(json.dumps(result.to_dict()) + "\n")
