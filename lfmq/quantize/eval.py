@@ -17,6 +17,7 @@ import numpy as np
 
 from lfmq.errors import UsageError
 from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+from lfmq.quantize.texts import choose_text
 
 Progress = Callable[[int, int], None]
 
@@ -95,7 +96,8 @@ def evaluate(
     reference: str | Path,
     *,
     text: str | None = None,
-    text_name: str = "lfmq eval.txt",
+    file: str | Path | None = None,
+    text_name: str | None = None,
     n_ctx: int = 512,
     chunks: int | None = None,
     threads: int | None = None,
@@ -104,7 +106,8 @@ def evaluate(
     """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`."""
     if n_ctx < 16 or n_ctx % 2:
         raise UsageError(f"--ctx {n_ctx}: use an even context of at least 16 tokens")
-    text = default_text() if text is None else text
+    text = choose_text(text, file, default_text)
+    text_name = text_name or (Path(file).name if file is not None else "lfmq eval.txt")
     if not text.strip():
         raise UsageError("the evaluation text is empty: give a file with some text (-f)")
     infos = [_file(p) for p in [reference, *models]]  # clear errors for missing or broken files first

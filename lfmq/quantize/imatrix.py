@@ -19,6 +19,7 @@ from lfmq.atomic import check_target
 from lfmq.errors import UsageError
 from lfmq.llama.gguf_index import GGMLTensor, tensor_index
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
+from lfmq.quantize.texts import choose_text
 from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
 
 Progress = Callable[[int, int], None]
@@ -124,7 +125,8 @@ def compute_imatrix(
     out: str | Path = "imatrix.gguf",
     *,
     text: str | None = None,
-    dataset: str = "lfmq calibration.txt",
+    file: str | Path | None = None,
+    dataset: str | None = None,
     chunks: int | None = None,
     n_ctx: int = 512,
     threads: int | None = None,
@@ -139,7 +141,8 @@ def compute_imatrix(
     check_target(out, force)
     if n_ctx < 2 * MIN_ROWS:
         raise UsageError(f"--ctx {n_ctx} is too small: use at least {2 * MIN_ROWS} tokens")
-    text = default_text() if text is None else text
+    text = choose_text(text, file, default_text)
+    dataset = dataset or (Path(file).name if file is not None else "lfmq calibration.txt")
     if not text.strip():
         raise UsageError("the calibration text is empty: give a file with some text (-f)")
     tensor_index(model)  # a clear error for a missing, foreign or truncated file
