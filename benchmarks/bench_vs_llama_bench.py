@@ -60,7 +60,7 @@ def lfmq_bench(model: Path, threads: int, reps: int, knobs: dict, log: Path, n_g
         json.dump(knobs, f)
     out = log.with_suffix(".json")
     argv = lfmq_cli("bench", model, "-t", threads, "-p", n_prompt, "-n", n_gen, "-r", reps, "--profile", f.name,
-                    "--json", out, "--force")
+                    "-o", out, "--force")
     run_child("lfmq bench", argv, log, check_rss=False)
     Path(f.name).unlink()
     tests = json.loads(out.read_text())["tests"]

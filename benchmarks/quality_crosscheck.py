@@ -4,12 +4,12 @@ On the synthetic, random-weight LFM2.5-350M (F16 from `lfmq convert`, and Q4_K_M
 both cached in the work dir, checkpoint shared with the other benchmarks), with the same text, context, chunk count
 and thread count for both tools (llama tools built from the llama.cpp lfmq's binding vendors: llama_tools.py):
 
-(a) `lfmq imatrix F16 -f TEXT --ctx C --chunks N` vs `llama-imatrix -m F16 -f TEXT -c C --chunks N --no-ppl
+(a) `lfmq imatrix F16 -f TEXT --n-ctx C --chunks N` vs `llama-imatrix -m F16 -f TEXT -c C --chunks N --no-ppl
     --parse-special` (lfmq parses special tokens such as <|im_start|> in calibration text; llama-imatrix does so
     only with --parse-special; --no-ppl only skips its perplexity printout, every position's output is computed
     either way). Compared: tensor names, counts, and per tensor the relative difference of the mean squares
     (sums / counts) per column: median and max per tensor and overall. Target: every value within 1%.
-(b) `lfmq eval Q4_K_M -r F16 -f TEXT --ctx C --chunks N` vs `llama-perplexity -m {F16,Q4_K_M} -f TEXT -c C
+(b) `lfmq eval Q4_K_M -r F16 -f TEXT --n-ctx C --chunks N` vs `llama-perplexity -m {F16,Q4_K_M} -f TEXT -c C
     --chunks N` ("Final estimate: PPL = X +/- Y"). Target: PPL within 1% for each file.
 
 Before that, a child process tokenizes each text both ways (lfmq's ChunkEvaluator.tokenize + chunks_of, and
@@ -195,7 +195,7 @@ def same_tokens(row: dict[str, Any], tool_name: str) -> bool:
 
 def lfmq_imatrix(f16: Path, text: Path, out: Path, args: argparse.Namespace, logs: Path, tag: str) -> dict[str, Any]:
     stdout = logs / f"lfmq-imatrix-{tag}.json"
-    run = run_child("lfmq imatrix", lfmq_cli("imatrix", f16, "-f", text, "-o", out, "--chunks", args.chunks, "--ctx",
+    run = run_child("lfmq imatrix", lfmq_cli("imatrix", f16, "-f", text, "-o", out, "--chunks", args.chunks, "--n-ctx",
                                             args.ctx, "--threads", args.threads, "--force", "--json"),
                     logs / f"lfmq-imatrix-{tag}.log", stdout=stdout, check_rss=False)
     return json.loads(stdout.read_text()) | {"wall_seconds": run.seconds}
@@ -282,7 +282,7 @@ def print_imatrix(cmp: dict[str, Any], lf: dict[str, Any], ll: dict[str, Any], t
 
 def lfmq_eval(q: Path, f16: Path, text: Path, args: argparse.Namespace, logs: Path, tag: str) -> dict[str, Any]:
     stdout = logs / f"lfmq-eval-{tag}.json"
-    run = run_child("lfmq eval", lfmq_cli("eval", q, "-r", f16, "-f", text, "--ctx", args.ctx, "--chunks",
+    run = run_child("lfmq eval", lfmq_cli("eval", q, "-r", f16, "-f", text, "--n-ctx", args.ctx, "--chunks",
                                          args.chunks, "--threads", args.threads, "--json"),
                     logs / f"lfmq-eval-{tag}.log", stdout=stdout, check_rss=False)
     report = json.loads(stdout.read_text())

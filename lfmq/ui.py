@@ -286,7 +286,12 @@ def write_json(obj: Any, path: Path, force: bool = False) -> None:
 
     with atomic_path(Path(path), force) as tmp:
         tmp.write_text(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
-    out.print(f"wrote {path}")
+    wrote(path)
+
+
+def wrote(path: Path | str) -> None:
+    """A file a command wrote besides its result: on stderr, so that stdout can carry --json."""
+    err.print(f"wrote {escape(str(path))}")
 
 
 def show_bench(rep: Any) -> None:

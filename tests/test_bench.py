@@ -89,7 +89,8 @@ def test_host_profile_carries_its_measured_bandwidth(report, tmp_path):
 
 @pytest.mark.parametrize("args,code,needle", [
     (["bench"], 2, "give one or more GGUF files"),
-    (["bench", "x.gguf", "-t", "two"], 2, "--threads 'two': give whole numbers"),
+    (["bench", "x.gguf", "-t", "two"], 2, "Invalid value for '-t' / '--threads'"),
+    (["bench", "x.gguf", "-t", "1", "-t", "0"], 2, "Invalid value for '-t' / '--threads'"),
     (["bench", "--compare", "nope-a.json", "nope-b.json"], 2, "report nope-a.json does not exist"),
 ])
 def test_bad_input(args, code, needle, tmp_path):

@@ -182,7 +182,7 @@ def test_eval_ppl_equals_reference_computation(small_ckpt, small_f32):
 
 
 def test_cli_eval_json(small_f16, small_ladder):
-    r = run_cli("eval", str(small_ladder["Q8_0"]), "-r", str(small_f16), "--ctx", "64", "--chunks", "3", "--json")
+    r = run_cli("eval", str(small_ladder["Q8_0"]), "-r", str(small_f16), "--n-ctx", "64", "--chunks", "3", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["chunks"] == 3 and rep["n_ctx"] == 64 and rep["synthetic"] is True

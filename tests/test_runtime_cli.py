@@ -109,18 +109,21 @@ def test_errors_are_one_line(tiny_f32, files, args, code, message):
 
 
 def test_ctrl_c_keeps_every_line_already_written(tiny_f32, files):
-    """Interrupt a long batch: the lines written so far stay, each one whole, and the exit code says interrupted."""
+    """Interrupt a long batch: the lines written so far are kept, each one whole, and the exit code says interrupted."""
     (files / "many.txt").write_text("".join(f"Person {i} is {i % 90} years old and has a cat.\n" for i in range(3000)))
     out = files / "partial.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "lfmq", "extract", str(tiny_f32), "--schema", str(files / "schema.json"),
                              "--lines", str(files / "many.txt"), "-o", str(out), *RUN],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    partial = files / f".{out.name}.{proc.pid}.partial"  # written beside the output, renamed at the end
     deadline = time.monotonic() + 120
-    while (not out.exists() or out.read_text().count("\n") < 3) and time.monotonic() < deadline:
+    while (not partial.exists() or partial.read_text().count("\n") < 3) and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert not out.exists()  # the output appears whole or not at all
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
+    assert not partial.exists()
     text = out.read_text()
     assert text.endswith("\n")
     lines = [json.loads(line) for line in text.splitlines()]

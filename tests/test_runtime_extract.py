@@ -3,14 +3,15 @@ schema (nested objects, arrays, enums, numbers, ...); bad schemas and unreadable
 
 from __future__ import annotations
 
+import io
 import json
 
 import jsonschema
 import pytest
 
 from lfmq.runtime import extract, extract_many, load, load_schema
-from lfmq.errors import SchemaError
-from lfmq.runtime.extract import Input, read_inputs
+from lfmq.errors import ExtractionFailed, OutputExistsError, SchemaError, UsageError
+from lfmq.runtime.extract import ExtractionInterrupted, ExtractSummary, Input, extract_files, read_inputs
 
 TEXTS = ["Invoice 2024-118 from ACME Corp: 3 widgets at 19.99 EUR, paid on 2024-05-02 by Jane Roe.",
          "Bob (42) adopted a dog named Rex in Oslo; he also has two cats.",
@@ -142,3 +143,59 @@ def test_unreadable_inputs_do_not_stop_the_batch(model, tmp_path):
     results = list(extract_many(model, items, SCHEMAS[0][1], seed=1))
     assert [r.ok for r in results] == [False, True]
     assert results[0].error.endswith("missing.txt: No such file or directory")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _never() -> None:
+    raise AssertionError("the model was opened before the cheap checks")
+
+
+def test_extract_files_checks_schema_output_and_inputs_before_the_model(tmp_path):
+    (tmp_path / "a.txt").write_text(TEXTS[1])
+    (tmp_path / "out.jsonl").write_text("precious")
+    schema = SCHEMAS[0][1]
+    with pytest.raises(SchemaError):
+        extract_files(_never, [tmp_path / "a.txt"], tmp_path / "absent.json")
+    with pytest.raises(OutputExistsError, match="pass --force"):
+        extract_files(_never, [tmp_path / "a.txt"], schema, tmp_path / "out.jsonl")
+    with pytest.raises(UsageError, match="no input: give text files, or pipe text into stdin"):
+        extract_files(_never, [], schema, stdin=_Terminal())
+    assert (tmp_path / "out.jsonl").read_text() == "precious"
+
+
+def test_extract_files_to_a_file_and_to_stdout(model, tmp_path):
+    (tmp_path / "ok.txt").write_text(TEXTS[1])
+    out = tmp_path / "sub" / "out.jsonl"
+    summary = extract_files(model, [tmp_path / "missing.txt", tmp_path / "ok.txt"], SCHEMAS[0][1], out, seed=1)
+    assert summary == ExtractSummary(total=2, ok=1, failed=1, output=str(out))
+    assert [json.loads(line)["source"] for line in out.read_text().splitlines()] == [
+        str(tmp_path / "missing.txt"), str(tmp_path / "ok.txt")]
+    with pytest.raises(ExtractionFailed, match="1 of 2 inputs failed"):
+        summary.check()
+    stdout = io.StringIO()
+    summary = extract_files(model, ["-"], SCHEMAS[0][1], lines=True, stdin=io.StringIO("Ann, 31\n\nBo, 7\n"),
+                            stdout=stdout, seed=1)
+    assert summary.check() == ExtractSummary(2, 2, 0, "<stdout>")
+    assert [json.loads(line)["source"] for line in stdout.getvalue().splitlines()] == ["<stdin>:1", "<stdin>:3"]
+    assert model.n_ctx  # a Model passed in stays open
+
+
+def test_extract_files_interrupted_keeps_the_finished_lines(model, tmp_path):
+    (tmp_path / "many.txt").write_text("Ann, 31\nBo, 7\nCy, 50\n")
+    out = tmp_path / "out.jsonl"
+
+    def ctrl_c_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(ExtractionInterrupted) as caught:
+        extract_files(model, [tmp_path / "many.txt"], SCHEMAS[0][1], out, lines=True, seed=1, progress=ctrl_c_after_two)
+    assert isinstance(caught.value, KeyboardInterrupt) and (caught.value.done, caught.value.total) == (2, 3)
+    assert str(caught.value) == f"interrupted after 2 of 3 inputs: their lines are in {out}"
+    assert [json.loads(line)["source"].split("/")[-1] for line in out.read_text().splitlines()] == [
+        "many.txt:1", "many.txt:2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many.txt", "out.jsonl"]

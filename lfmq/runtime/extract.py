@@ -9,13 +9,15 @@ import json
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
-from lfmq.errors import ContextOverflowError, SchemaError
+from lfmq.atomic import atomic_path, check_target
+from lfmq.errors import ContextOverflowError, ExtractionFailed, LfmqWarning, SchemaError, UsageError
 from lfmq.runtime.generate import stream_generate
-from lfmq.runtime.model import Model
+from lfmq.runtime.model import Model, load
 
 SYSTEM = ("Extract the information in the user's text as JSON that follows this JSON schema:\n{schema}\n"
           "Answer with the JSON only.")
@@ -245,25 +247,84 @@ def extract_many(model: Model, inputs: Iterable[Input | tuple[str, str]], schema
 
 
 @dataclass(frozen=True)
-class BatchSummary:
-    """How a batch went."""
+class ExtractSummary:
+    """How a batch went, and where its lines are."""
 
     total: int
     ok: int
     failed: int
-    written: int
     output: str
 
+    def check(self) -> ExtractSummary:
+        """Raise ExtractionFailed if any input failed (their lines say why); else return self."""
+        if self.failed:
+            raise ExtractionFailed(f"{self.failed} of {self.total} inputs failed: the 'error' field of their lines "
+                                   "says why")
+        return self
 
-def run_batch(model: Model, inputs: Sequence[Input], schema: Schema, out: TextIO, *, output_name: str = "<stdout>",
-              progress: Callable[[int, int], None] | None = None, **kwargs: Any) -> BatchSummary:
-    """extract_many, writing one JSON line per input and flushing it at once (an interrupt loses nothing written)."""
+
+class ExtractionInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the lines of the inputs finished so far are kept, each one whole."""
+
+    def __init__(self, done: int, total: int, output: str) -> None:
+        super().__init__(f"interrupted after {done} of {total} inputs: their lines are in {output}")
+        self.done, self.total, self.output = done, total, output
+
+
+def _write_lines(model: Model, items: Sequence[Input], schema: Schema, out: TextIO, name: str,
+                 progress: Callable[[int, int], None] | None, kwargs: dict[str, Any]) -> ExtractSummary:
+    """extract_many, one JSON line per input, flushed at once (an interrupt loses no finished line)."""
     ok = done = 0
-    for result in extract_many(model, inputs, schema, **kwargs):
-        out.write(result.to_json_line() + "\n")
-        out.flush()
-        done += 1
-        ok += result.ok
-        if progress:
-            progress(done, len(inputs))
-    return BatchSummary(len(inputs), ok, done - ok, done, output_name)
+    try:
+        for result in extract_many(model, items, schema, **kwargs):
+            out.write(result.to_json_line() + "\n")
+            out.flush()
+            done += 1
+            ok += result.ok
+            if progress:
+                progress(done, len(items))
+    except KeyboardInterrupt:
+        raise ExtractionInterrupted(done, len(items), name) from None
+    return ExtractSummary(len(items), ok, done - ok, name)
+
+
+def extract_files(model: Model | str | Path | Callable[[], Model], inputs: Sequence[str | Path] | None,
+                  schema: Schema | str | Path | Mapping[str, Any], output: str | Path | None = None, *,
+                  lines: bool = False, force: bool = False, system: str | None = None,
+                  max_tokens: int | None = 1024, progress: Callable[[int, int], None] | None = None,
+                  stdin: TextIO | None = None, stdout: TextIO | None = None, **overrides: Any) -> ExtractSummary:
+    """Extract from each input file ("-" or none: stdin; lines=True: each non-blank line is an input) and write one
+    JSON line per input to `output` (under a temporary name, renamed at the end) or, when output is None, to stdout.
+
+    The schema, the output and the inputs are checked before the model is loaded: `model` may be a GGUF path or a
+    function that opens one (a Model passed in stays open). Ctrl-C raises ExtractionInterrupted, a KeyboardInterrupt
+    that says how many inputs finished; their lines are kept in `output`. Failed items are lines with an error, not
+    exceptions: ExtractSummary.check() raises ExtractionFailed for them."""
+    spec = schema if isinstance(schema, Schema) else load_schema(schema)
+    if spec.unenforced:
+        warnings.warn(f"decoding cannot enforce {', '.join(spec.unenforced)}: outputs that break them become item "
+                      "errors", LfmqWarning, stacklevel=2)
+    target = None if output is None else Path(output)
+    if target is not None:
+        check_target(target, force)
+    stdin = stdin or sys.stdin
+    if not inputs and stdin.isatty():
+        raise UsageError("no input: give text files, or pipe text into stdin")
+    items = read_inputs(inputs or ["-"], lines=lines, stdin=stdin)
+    m = model if isinstance(model, Model) else model() if callable(model) else load(model)
+    kwargs = dict(system=system, max_tokens=max_tokens, **overrides)
+    try:
+        if target is None:
+            return _write_lines(m, items, spec, stdout or sys.stdout, "<stdout>", progress, kwargs)
+        stopped = None
+        with atomic_path(target, force) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            try:
+                summary = _write_lines(m, items, spec, f, str(target), progress, kwargs)
+            except ExtractionInterrupted as e:  # keep the finished lines: let the file be renamed, then re-raise
+                stopped = e
+        if stopped is not None:
+            raise stopped
+        return summary
+    finally:
+        if m is not model:
+            m.close()

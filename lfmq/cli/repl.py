@@ -1,20 +1,16 @@
-"""The terminal side of the runtime commands: opening a model with its warnings shown, and the `lfmq chat` loop
-(read a line, run a /command or stream an answer; Ctrl-C stops an answer, not the session).
+"""The `lfmq chat` loop: read a line, run a /command or stream an answer; Ctrl-C stops an answer, not the session.
 
-CLI layer, like cli.py: it reads the terminal with input() and shows everything through ui."""
+CLI layer: it reads the terminal with input() and shows everything through ui; the conversation is runtime's Chat."""
 
 from __future__ import annotations
 
 import signal
 import sys
-import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 from lfmq import ui
 from lfmq.errors import LfmqError
 from lfmq.runtime.chat import Chat
-from lfmq.runtime.model import Model, load
 
 PROMPT = "> "
 HELP = "/reset  /system [TEXT]  /tool RESULT  /stats  /exit   (Ctrl-C stops an answer, Ctrl-D quits)"
@@ -39,17 +35,6 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.is_set
-
-
-def open_model(path: Path, profile: str | None, n_ctx: int | None, threads: int | None) -> Model:
-    """load() for the runtime commands: its warnings shown through ui, then a line about the model."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        m = load(path, profile=profile, n_ctx=n_ctx, threads=threads)
-    for w in caught:
-        ui.warn(str(w.message))
-    ui.show_model(m)
-    return m
 
 
 def answer(session: Chat, content: str, role: str = "user") -> None:

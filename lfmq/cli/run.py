@@ -1,0 +1,135 @@
+"""`lfmq generate`, `lfmq chat` and `lfmq extract`: the runtime commands. Each opens the model through
+`open_model` (its warnings and a line about it on stderr) and hands the work to lfmq/runtime/; the chat loop itself
+is lfmq/cli/repl.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from lfmq.cli.app import Interrupted, app
+from lfmq.cli.options import (Force, GGUFPath, IgnoreEos, Json, MaxTokens, NCtx, Profile, RepeatPenalty, Seed, System,
+                              Temperature, ToolChoice, Tools, TopK, TopP, Threads)
+
+if TYPE_CHECKING:
+    from lfmq.runtime.model import Model
+
+
+def open_model(path: Path, profile: str | None, n_ctx: int | None, threads: int | None) -> Model:
+    """load() for the runtime commands, then one line about the model (and its random-weights label) on stderr."""
+    from lfmq import ui
+    from lfmq.runtime.model import load
+
+    m = load(path, profile=profile, n_ctx=n_ctx, threads=threads)
+    ui.show_model(m)
+    return m
+
+
+@app.command()
+def generate(
+    model: GGUFPath,
+    prompt: Annotated[str, typer.Option("-p", "--prompt", help="The prompt ('-' reads stdin).", show_default=False)],
+    system: System = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")] = False,
+    tools: Tools = None,
+    tool_choice: ToolChoice = "auto",
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
+    ignore_eos: IgnoreEos = False,
+    profile: Profile = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    json: Json = False,
+) -> None:
+    """Answer one prompt (for scripts): streams the text, or prints text, tool calls and stats as JSON."""
+    from lfmq import ui
+    from lfmq.errors import UsageError
+    from lfmq.runtime.chat import collect, stream_chat
+    from lfmq.runtime.generate import stream_generate
+    from lfmq.runtime.tools import load_tools
+
+    if raw and (tools or system):
+        raise UsageError("--raw sends the prompt without the chat template: drop --tools and --system, or --raw")
+    text = sys.stdin.read() if prompt == "-" else prompt
+    tool_defs = load_tools(tools) if tools else None
+    m = open_model(model, profile, n_ctx, threads)
+    knobs = dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
+                 repeat_penalty=repeat_penalty, seed=seed)
+    if raw:
+        stream = stream_generate(m, text, **knobs)
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        stream = stream_chat(m, messages, tools=tool_defs, tool_choice=tool_choice, **knobs)
+    reply = collect(m, stream, None if json else ui.stream_text)
+    ui.print_json(reply) if json else ui.show_reply_end(reply)
+
+
+@app.command()
+def chat(
+    model: GGUFPath,
+    system: System = None,
+    tools: Tools = None,
+    tool_choice: ToolChoice = "auto",
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repeat_penalty: RepeatPenalty = None,
+    seed: Seed = None,
+    ignore_eos: IgnoreEos = False,
+    profile: Profile = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+) -> None:
+    """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /stats, /exit."""
+    from lfmq.cli import repl
+    from lfmq.runtime import Chat
+    from lfmq.runtime.tools import load_tools
+
+    tool_defs = load_tools(tools) if tools else None
+    m = open_model(model, profile, n_ctx, threads)
+    session = Chat(m, system=system, tools=tool_defs, tool_choice=tool_choice, max_tokens=max_tokens,
+                   ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
+                   repeat_penalty=repeat_penalty, seed=seed)
+    repl.run(session)
+
+
+@app.command()
+def extract(
+    model: GGUFPath,
+    schema: Annotated[Path, typer.Option("--schema", help="JSON schema file the outputs must validate against.",
+                                         show_default=False)],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Text files; '-' or none reads stdin.",
+                                                           show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output .jsonl (default: stdout).")] = None,
+    lines: Annotated[bool, typer.Option("--lines", help="Each non-blank line of the inputs is its own input.")] = False,
+    system: Annotated[Optional[str], typer.Option("--system", help="Instruction; {schema} is replaced by the "
+                                                                   "schema.")] = None,
+    max_tokens: MaxTokens = 1024,
+    temperature: Temperature = None,
+    seed: Seed = None,
+    profile: Profile = None,
+    n_ctx: NCtx = None,
+    threads: Threads = None,
+    force: Force = False,
+) -> None:
+    """Extract JSON that validates against a schema from each input: one JSON line per input, with its source."""
+    from lfmq import ui
+    from lfmq.runtime.extract import ExtractionInterrupted, extract_files
+
+    try:
+        with ui.progress_bar("extracting", bytes_unit=False) as progress:
+            summary = extract_files(lambda: open_model(model, profile, n_ctx, threads), inputs, schema, output,
+                                    lines=lines, force=force, system=system, max_tokens=max_tokens,
+                                    temperature=temperature, seed=seed, progress=progress)
+    except ExtractionInterrupted as e:
+        raise Interrupted(str(e)) from None
+    ui.show_extract_summary(summary)
+    summary.check()
