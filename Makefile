@@ -16,8 +16,10 @@ $(VENV)/.runtime: pyproject.toml scripts/install-llama-cpp-python.sh | $(BIN)/py
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# torch==2.13.0 is the CPU build that lies on these machines; transformers is the reference implementation
-$(VENV)/.test: $(VENV)/.runtime
+# torch==2.13.0 is the CPU build that lies on these machines; transformers is the reference implementation.
+# The device tests need qemu-user, OpenSSH and adb from the system (installed only when missing) and zig from PyPI.
+$(VENV)/.test: $(VENV)/.runtime scripts/install-system-deps.sh
+	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

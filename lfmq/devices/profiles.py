@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lfmq.errors import UsageError
+from lfmq.errors import InputError, UsageError
 
 HOST = "host"
 # cpuinfo flag -> the feature name profiles use (x86 flags are mostly the same words; Arm's differ)
@@ -123,7 +123,8 @@ def host_profile(bandwidth_gbs: float | None = None) -> Profile:
              "simd_bits": 512 if "avx512f" in info["features"] else 256 if "avx2" in info["features"] else 128},
         memory={"size_gb": _mem_total_gb(), "bandwidth_gbs": bandwidth_gbs or 0.0,
                 "bandwidth_source": "measured on this machine (lfmq devices show host)" if bandwidth_gbs else "not measured"},
-        build={"cmake_args": "-DGGML_NATIVE=ON", "notes": "native build (scripts/install-llama-cpp-python.sh)"},
+        build={"cmake_args": "-DGGML_NATIVE=ON", "notes": "native build (scripts/install-llama-cpp-python.sh)",
+               **_host_build(info["arch"])},
         # no mmap (no second, file-backed copy beside the repacked weights) and ubatch 128 (a quarter of the compute
         # buffer): on the synthetic 350M Q4_0 at n_ctx 4096, peak 2.42x the file -> 1.64x at the same generation speed.
         # A q8_0 KV cache would save 24 MiB more but cost 4% of tg here (benchmarks/bench_vs_llama_bench.py).
@@ -131,6 +132,62 @@ def host_profile(bandwidth_gbs: float | None = None) -> Profile:
                  "type_k": "f16", "type_v": "f16", "n_ctx": 4096},
         recommend={"types": ["Q4_0", "Q8_0"], "reason": "the repacked CPU kernels make Q4_0 the fastest decode"},
     )
+
+
+def _host_build(arch: str) -> dict[str, Any]:
+    """`lfmq build host`: gcc with -march=native; on x86 minus AMX, whose matmul in this llama.cpp segfaults on
+    quantized weights (see scripts/install-llama-cpp-python.sh)."""
+    extra = ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"] if arch == "x86_64" else []
+    return {"target": f"{arch}-linux-gnu", "toolchain": "gcc", "march": "native", "cflags": extra, "requires": []}
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What `lfmq build PROFILE` makes (the profile's [build] table): a target triple, the toolchain that builds it,
+    the CPU to tune for in the toolchain's spelling, the qemu CPU model that runs it, and the /proc/cpuinfo features
+    the binary needs."""
+
+    profile: str
+    arch: str
+    target: str                  # aarch64-linux-musl, x86_64-linux-gnu
+    toolchain: str               # zig (cross, from PyPI) or gcc (this machine's)
+    cpu: str = ""                # zig's CPU spelling (zig reads -march/-mcpu as CPU names)
+    march: str = ""              # gcc/clang's -march (gcc builds, Debian's aarch64 gcc, the NDK route)
+    qemu_cpu: str | None = None  # qemu-user's -cpu for this build
+    requires: tuple[str, ...] = ()  # /proc/cpuinfo flags
+    cflags: tuple[str, ...] = ()
+    android_abi: str | None = None
+    android_platform: str | None = None
+
+    @property
+    def cross(self) -> bool:
+        return self.toolchain != "gcc" or self.march != "native"
+
+
+TOOLCHAINS = ("zig", "gcc")
+
+
+def build_spec(p: Profile) -> BuildSpec:
+    """The profile's build table, checked: a known toolchain, a CPU for it, and no required feature the profile
+    says the device lacks (an SVE build for a chip without SVE would die with SIGILL there)."""
+    b = p.build
+    where = f"profile {p.name}: [build]"
+    if "target" not in b:
+        raise InputError(f"{where} has no target: lfmq cannot build for it")
+    toolchain = b.get("toolchain", "")
+    if toolchain not in TOOLCHAINS:
+        raise InputError(f"{where} toolchain {toolchain!r} is not one of {', '.join(TOOLCHAINS)}")
+    if toolchain == "zig" and not b.get("cpu"):
+        raise InputError(f"{where} needs cpu, zig's CPU spelling (e.g. generic+v8_2a+dotprod+fullfp16)")
+    if toolchain == "gcc" and not b.get("march"):
+        raise InputError(f"{where} needs march for gcc (e.g. native, znver4)")
+    requires = tuple(b.get("requires", []))
+    table = ARM_FLAGS if p.arch == "aarch64" else X86_FLAGS
+    clash = sorted({table.get(f, f) for f in requires} & set(p.cpu.get("lacks", [])))
+    if clash:
+        raise InputError(f"{where} requires {', '.join(clash)}, which the device lacks (cpu.lacks)")
+    return BuildSpec(p.name, p.arch, b["target"], toolchain, b.get("cpu", ""), b.get("march", ""), b.get("qemu_cpu"),
+                     requires, tuple(b.get("cflags", [])), b.get("android_abi"), b.get("android_platform"))
 
 
 def get_profile(name: str) -> Profile:
@@ -162,8 +219,10 @@ def detect() -> Detection:
 
 
 def _system_info() -> str:
+    from lfmq.errors import LibraryMismatchError
+    from lfmq.llama.binding import system_info
+
     try:
-        import llama_cpp
-    except ImportError:
-        return "llama-cpp-python is not installed"
-    return llama_cpp.llama_print_system_info().decode().strip()
+        return system_info()
+    except LibraryMismatchError as e:
+        return str(e)
