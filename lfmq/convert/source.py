@@ -36,7 +36,9 @@ class Checkpoint:
 
     @property
     def origin(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.repo_id else str(self.folder)
+        """A Hub repo id as given (with its commit), or a local folder's name only: a GGUF uploaded to the Hub must
+        not carry the converting machine's directories."""
+        return f"{self.repo_id}@{self.revision}" if self.repo_id else self.folder.name
 
     def weight_files(self) -> list[Path]:
         """The safetensors files, through the shard index when there is one."""
