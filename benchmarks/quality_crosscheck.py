@@ -59,7 +59,7 @@ TOKEN_CHECK = r'''
 import json, sys
 import numpy as np
 import llama_cpp
-from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 
 model, ctx, limit, pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 out = {}

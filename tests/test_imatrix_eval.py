@@ -17,7 +17,7 @@ from lfmq.quantize import quantize
 from lfmq.quantize.eval import evaluate
 from lfmq.quantize.imatrix import compute_imatrix
 from lfmq.quantize.imatrix_file import Imatrix, read_imatrix, write_imatrix
-from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 
 CTX = 128
 

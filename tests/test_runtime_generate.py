@@ -10,7 +10,7 @@ import pytest
 
 from lfmq.errors import GGUFFileError, ModelNotFoundError, UsageError
 from lfmq.runtime import Sampling, generate, load, stream_generate
-from lfmq.errors import ContextOverflowError, LlamaError
+from lfmq.errors import ContextOverflowError, LlamaError, StateError
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +150,12 @@ def test_interleaved_streams_are_refused(model):
     first = stream_generate(model, "one", max_tokens=5, ignore_eos=True)
     next(first)
     generate(model, "two", max_tokens=2)
-    with pytest.raises(UsageError, match="another generation used this model in between"):
+    with pytest.raises(StateError, match="another generation used this model in between"):
         list(first)
 
 
 def test_closed_model_says_so(tiny_f32):
     m = load(tiny_f32, n_ctx=128, threads=1)
     m.close()
-    with pytest.raises(UsageError, match="is closed"):
+    with pytest.raises(StateError, match="is closed"):
         generate(m, "x", max_tokens=1)

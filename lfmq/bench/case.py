@@ -77,9 +77,7 @@ def memory_status() -> dict[str, float]:
 
 
 def _sync(model: Any) -> None:
-    from lfmq.runtime.model import llama
-
-    llama().llama_synchronize(model.ctx)
+    model.engine.synchronize()
 
 
 def _prompt(model: Any, tokens: np.ndarray) -> None:
@@ -139,19 +137,8 @@ def run(case: Case) -> CaseResult:
 
 
 def _describe(model: Any) -> dict[str, Any]:
-    from lfmq.runtime.model import llama
-
-    L = llama()
-    buf = ctypes_buffer(256)
-    L.llama_model_desc(model._ptrs["model"], buf, 256)
-    return {"model_type": buf.value.decode(), "model_size": int(L.llama_model_size(model._ptrs["model"])),
-            "model_n_params": int(L.llama_model_n_params(model._ptrs["model"]))}
-
-
-def ctypes_buffer(n: int) -> Any:
-    import ctypes
-
-    return ctypes.create_string_buffer(n)
+    d = model.engine.describe()
+    return {"model_type": d.desc, "model_size": d.size, "model_n_params": d.n_params}
 
 
 if __name__ == "__main__":

@@ -34,18 +34,10 @@ def sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def build_info() -> BuildInfo:
-    """The llama.cpp build lfmq runs: the binding's version, llama.cpp's, and a hash of the library file."""
-    import importlib.metadata
-    import importlib.util
+    """The llama.cpp build lfmq runs: the binding's version, llama.cpp's, a hash of the library file, system info."""
+    from lfmq.llama.binding import build_info as info
 
-    lib = next(Path(importlib.util.find_spec("llama_cpp").origin).parent.glob("lib/libllama.so*"), None)
-    from lfmq.runtime.model import llama
-
-    L = llama()
-    return BuildInfo(llama_cpp_python=importlib.metadata.version("llama-cpp-python"),
-                     llama_cpp=L.llama_version().decode() if hasattr(L, "llama_version") else "?",
-                     libllama_sha256=sha256(lib)[:16] if lib else "?",
-                     system_info=L.llama_print_system_info().decode().strip())
+    return BuildInfo(**info())
 
 
 def _run_case(model: Path, n_prompt: int, n_gen: int, depth: int, reps: int, knobs: dict) -> CaseResult:

@@ -14,28 +14,7 @@ from typing import Any
 import gguf
 
 from lfmq.errors import GGUFFileError, ModelNotFoundError
-
-
-class GGMLTensor(ctypes.Structure):
-    """struct ggml_tensor of the vendored ggml (GGML_MAX_DIMS 4, GGML_MAX_SRC 10, op params 64 B, name 64 B)."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("buffer", ctypes.c_void_p),
-        ("ne", ctypes.c_int64 * 4),
-        ("nb", ctypes.c_size_t * 4),
-        ("op", ctypes.c_int),
-        ("op_params", ctypes.c_int32 * 16),
-        ("flags", ctypes.c_int32),
-        ("src", ctypes.c_void_p * 10),
-        ("view_src", ctypes.c_void_p),
-        ("view_offs", ctypes.c_size_t),
-        ("data", ctypes.c_void_p),
-        ("name", ctypes.c_char * 64),
-        ("extra", ctypes.c_void_p),
-        ("padding", ctypes.c_char * 8),
-    ]
-
+from lfmq.llama.ggml import GGMLTensor, checked
 
 
 class _InitParams(ctypes.Structure):
@@ -69,9 +48,7 @@ class TensorIndex:
 
 @lru_cache(maxsize=1)
 def _lib() -> Any:
-    from llama_cpp import _ggml
-
-    lib = _ggml.libggml
+    lib = checked()
     lib.gguf_init_from_file.restype = ctypes.c_void_p
     lib.gguf_init_from_file.argtypes = [ctypes.c_char_p, _InitParams]
     for name, res in (("gguf_get_n_tensors", ctypes.c_int64), ("gguf_get_data_offset", ctypes.c_size_t)):

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from lfmq.errors import UsageError
-from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+from lfmq.errors import InputError, UsageError
+from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 from lfmq.quantize.texts import choose_text
 
 Progress = Callable[[int, int], None]
@@ -105,11 +105,11 @@ def evaluate(
 ) -> EvalReport:
     """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`."""
     if n_ctx < 16 or n_ctx % 2:
-        raise UsageError(f"--ctx {n_ctx}: use an even context of at least 16 tokens")
+        raise UsageError(f"--n-ctx {n_ctx}: use an even context of at least 16 tokens")
     text = choose_text(text, file, default_text)
     text_name = text_name or (Path(file).name if file is not None else "lfmq eval.txt")
     if not text.strip():
-        raise UsageError("the evaluation text is empty: give a file with some text (-f)")
+        raise InputError("the evaluation text is empty: give a file with some text (-f)")
     infos = [_file(p) for p in [reference, *models]]  # clear errors for missing or broken files first
     started = time.perf_counter()
     evaluators = []
@@ -139,11 +139,11 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
          progress: Progress | None) -> list[_Accumulator]:
     ref = evaluators[0]
     if any(ev.n_vocab != ref.n_vocab for ev in evaluators):
-        raise UsageError("the models do not share the reference's vocabulary: they are not quantizations of it")
+        raise InputError("the models do not share the reference's vocabulary: they are not quantizations of it")
     tokens = ref.tokenize(text, parse_special=False)  # llama-perplexity never parses special tokens
     pieces = chunks_of(tokens, n_ctx, limit, ref.bos)
     if not pieces:
-        raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")
+        raise InputError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --n-ctx")
     first = n_ctx // 2
     accs = [_Accumulator() for _ in evaluators]
     for i, chunk in enumerate(pieces):

@@ -16,11 +16,12 @@ from typing import Callable
 import numpy as np
 
 from lfmq.atomic import check_target
-from lfmq.errors import UsageError
-from lfmq.llama.gguf_index import GGMLTensor, tensor_index
+from lfmq.errors import InputError, UsageError
+from lfmq.llama.ggml import GGMLTensor, eval_callback, op_namer, tensor_at
+from lfmq.llama.gguf_index import tensor_index
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
 from lfmq.quantize.texts import choose_text
-from lfmq.quantize.llama_eval import ChunkEvaluator, chunks_of
+from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 
 Progress = Callable[[int, int], None]
 GGML_TYPE_F32 = 0
@@ -42,16 +43,6 @@ class ImatrixResult:
 
 def default_text() -> str:
     return resources.files("lfmq.quantize").joinpath("data/calibration.txt").read_text(encoding="utf-8")
-
-
-def _op_namer() -> Callable[[int], str]:
-    """ggml_op_name from the library, cached per op value (no hard-coded enum numbers)."""
-    from llama_cpp import _ggml
-
-    fn = _ggml.libggml.ggml_op_name
-    fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_int]
-    cache: dict[int, str] = {}
-    return lambda op: cache.setdefault(op, fn(op).decode())
 
 
 def _weight_name(raw: bytes) -> str:
@@ -76,25 +67,23 @@ class Collector:
         self.sums: dict[str, np.ndarray] = {}
         self.counts: dict[str, np.ndarray] = {}
         self.error: Exception | None = None
-        self.op_name = _op_namer()
-        import llama_cpp
-
-        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+        self.op_name = op_namer()
+        self.callback = eval_callback(self._on_tensor)
 
     def _wanted(self, t: GGMLTensor) -> bool:
         if self.op_name(t.op) != "MUL_MAT":
             return False
-        src0 = GGMLTensor.from_address(t.src[0])
-        src1 = GGMLTensor.from_address(t.src[1])
+        src0 = tensor_at(t.src[0])
+        src1 = tensor_at(t.src[1])
         return (src1.ne[1] >= MIN_ROWS and src1.type == GGML_TYPE_F32
                 and _weight_name(src0.name).startswith("blk."))
 
     def _on_tensor(self, ptr: int, ask: bool, user_data: int) -> bool:
         try:
-            t = GGMLTensor.from_address(ptr)
+            t = tensor_at(ptr)
             if ask:
                 return self._wanted(t)
-            self._accumulate(GGMLTensor.from_address(t.src[0]), GGMLTensor.from_address(t.src[1]))
+            self._accumulate(tensor_at(t.src[0]), tensor_at(t.src[1]))
             return True
         except Exception as e:  # an exception must not cross into C: stop the evaluation, re-raise after it
             self.error = e
@@ -140,11 +129,11 @@ def compute_imatrix(
     out = Path(out)
     check_target(out, force)
     if n_ctx < 2 * MIN_ROWS:
-        raise UsageError(f"--ctx {n_ctx} is too small: use at least {2 * MIN_ROWS} tokens")
+        raise UsageError(f"--n-ctx {n_ctx} is too small: use at least {2 * MIN_ROWS} tokens")
     text = choose_text(text, file, default_text)
     dataset = dataset or (Path(file).name if file is not None else "lfmq calibration.txt")
     if not text.strip():
-        raise UsageError("the calibration text is empty: give a file with some text (-f)")
+        raise InputError("the calibration text is empty: give a file with some text (-f)")
     tensor_index(model)  # a clear error for a missing, foreign or truncated file
     started = time.perf_counter()
     collector = Collector()
@@ -152,7 +141,7 @@ def compute_imatrix(
         tokens = ev.tokenize(text, parse_special)
         pieces = chunks_of(tokens, n_ctx, chunks, ev.bos)
         if not pieces:
-            raise UsageError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --ctx")
+            raise InputError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --n-ctx")
         for i, chunk in enumerate(pieces):
             try:
                 # outputs at every position, as llama-imatrix asks: llama.cpp prunes the last block to the

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 
 from lfmq.atomic import atomic_path
-from lfmq.errors import GGUFFileError, ImatrixError, LfmqError, ModelNotFoundError
+from lfmq.errors import GGUFFileError, ImatrixError, ModelNotFoundError
 
 IN_SUM2, COUNTS = ".in_sum2", ".counts"
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 import math
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from lfmq.atomic import atomic_path, check_target
-from lfmq.errors import LfmqError, QuantizeError, UsageError
+from lfmq.errors import QuantizeError, UsageError
 from lfmq.llama import log as llama_log
+from lfmq.llama.quantizer import QuantizeParams, run_quantizer
 from lfmq.llama.gguf_index import tensor_index
 from lfmq.quantize.imatrix_file import check_against_model, read_imatrix
 from lfmq.quantize.types import QuantType, parse_quant_types, parse_tensor_overrides, parse_tensor_type
@@ -76,56 +76,7 @@ def output_paths(src: Path, types: list[QuantType], out: str | Path | None) -> l
     return [folder / f"{stem}-{t.name}.gguf" for t in types]
 
 
-class _Params:
-    """llama_model_quantize_params plus the C arrays it points to, kept alive for the call."""
-
-    def __init__(self, threads: int | None, allow_requantize: bool, pure: bool, dry_run: bool):
-        import llama_cpp
-
-        self.c = llama_cpp.llama_model_quantize_default_params()
-        self.c.nthread = threads or 0
-        self.c.allow_requantize = allow_requantize
-        self.c.pure = pure
-        self.c.dry_run = dry_run
-        self._keep: list[Any] = []
-
-    def tensor_types(self, output: int | None, token_embedding: int | None, overrides: list[tuple[str, int]]) -> None:
-        import llama_cpp
-
-        if output is not None:
-            self.c.output_tensor_type = output
-        if token_embedding is not None:
-            self.c.token_embedding_type = token_embedding
-        if overrides:
-            arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-            for i, (pattern, ttype) in enumerate(overrides):
-                arr[i].pattern, arr[i].type = pattern.encode(), ttype
-            arr[len(overrides)].pattern, arr[len(overrides)].type = None, llama_cpp.GGML_TYPE_COUNT
-            self._keep.append(arr)
-            self.c.tt_overrides = arr
-
-    def imatrix(self, means: dict, kv: dict[str, str | int]) -> None:
-        import llama_cpp
-
-        arr = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
-        for i, (name, values) in enumerate(means.items()):
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        self._keep += [arr, means]
-        self.c.imatrix = arr
-        overrides = (llama_cpp.llama_model_kv_override * (len(kv) + 1))()
-        for o, (key, value) in zip(overrides, kv.items()):
-            o.key = key.encode()
-            if isinstance(value, int):
-                o.tag, o.value.val_i64 = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, value
-            else:
-                o.tag, o.value.val_str = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
-        self._keep.append(overrides)
-        self.c.kv_overrides = overrides
-
-
-def _imatrix_params(params: _Params, src: _Source, path: str | Path) -> None:
+def _imatrix_params(params: QuantizeParams, src: _Source, path: str | Path) -> None:
     im = read_imatrix(path)
     check_against_model(im, src.tensors, Path(path))
     kv: dict[str, str | int] = {KEY_IMATRIX_FILE: str(path), KEY_IMATRIX_ENTRIES: len(im.sums)}
@@ -154,7 +105,7 @@ def quantize(
 ) -> list[QuantizeResult]:
     """Quantize a GGUF to one or more types with llama.cpp's quantizer; every check runs before the first output."""
     qtypes = parse_quant_types(types if isinstance(types, str) else ",".join(types))
-    params = _Params(threads, allow_requantize, pure, dry_run)
+    params = QuantizeParams(threads, allow_requantize, pure, dry_run)
     params.tensor_types(
         parse_tensor_type(output_tensor_type, "--output-tensor-type") if output_tensor_type else None,
         parse_tensor_type(token_embedding_type, "--token-embedding-type") if token_embedding_type else None,
@@ -178,11 +129,8 @@ def quantize(
     return [_run_one(src, qt, target, params, force, progress) for qt, target in zip(qtypes, targets)]
 
 
-def _run_one(src: _Source, qt: QuantType, target: Path, params: _Params, force: bool,
+def _run_one(src: _Source, qt: QuantType, target: Path, params: QuantizeParams, force: bool,
              progress: Progress | None) -> QuantizeResult:
-    import llama_cpp
-
-    params.c.ftype = qt.ftype
     started = time.perf_counter()
 
     def on_line(line: str) -> None:
@@ -190,15 +138,13 @@ def _run_one(src: _Source, qt: QuantType, target: Path, params: _Params, force: 
         if m and progress:
             progress(qt.name, int(m.group(1)), int(m.group(2)))
 
-    if params.c.dry_run:
-        with llama_log.captured(on_line) as log:
-            rc = llama_cpp.llama_model_quantize(str(src.path).encode(), b"", ctypes.byref(params.c))
+    if params.dry_run:
+        rc, log = run_quantizer(src.path, None, params, qt.ftype, on_line)
         _raise_on_failure(rc, log, qt)
         size, data = dry_run_size(src, log.lines)
         return QuantizeResult(None, qt.name, size, 8 * data / src.n_params, time.perf_counter() - started, True)
     with atomic_path(target, force) as tmp:
-        with llama_log.captured(on_line) as log:
-            rc = llama_cpp.llama_model_quantize(str(src.path).encode(), str(tmp).encode(), ctypes.byref(params.c))
+        rc, log = run_quantizer(src.path, tmp, params, qt.ftype, on_line)
         _raise_on_failure(rc, log, qt)
     data = tensor_index(target).tensor_bytes
     return QuantizeResult(target.resolve(), qt.name, target.stat().st_size, 8 * data / src.n_params,

@@ -31,31 +31,18 @@ class QuantType:
 @lru_cache(maxsize=1)
 def quant_types() -> dict[str, QuantType]:
     """Every llama_ftype the binding exposes, keyed by upper-case name (F32, F16, BF16, Q8_0, Q4_K_M, IQ2_XS ...)."""
-    import llama_cpp
+    from lfmq.llama.quantizer import ftypes
 
-    table = {}
-    for attr in dir(llama_cpp):
-        if not attr.startswith("LLAMA_FTYPE_"):
-            continue
-        name = attr.removeprefix("LLAMA_FTYPE_").removeprefix("MOSTLY_").removeprefix("ALL_")
-        if name in SKIP:
-            continue
-        value = int(getattr(llama_cpp, attr))
-        known = gguf.LlamaFileType._value2member_map_.get(value)
-        table[name] = QuantType(name, value, known)
+    table = {name: QuantType(name, value, gguf.LlamaFileType._value2member_map_.get(value))
+             for name, value in ftypes().items() if name not in SKIP}
     return dict(sorted(table.items(), key=lambda kv: kv[1].ftype))
 
 
-@lru_cache(maxsize=1)
 def tensor_types() -> dict[str, int]:
     """ggml tensor types by upper-case name, for --output-tensor-type, --token-embedding-type, --tensor-type."""
-    import llama_cpp
+    from lfmq.llama.quantizer import ggml_types
 
-    return {
-        a.removeprefix("GGML_TYPE_"): int(getattr(llama_cpp, a))
-        for a in dir(llama_cpp)
-        if a.startswith("GGML_TYPE_") and a != "GGML_TYPE_COUNT"
-    }
+    return ggml_types()
 
 
 def parse_quant_types(spec: str) -> list[QuantType]:

@@ -4,7 +4,6 @@ cannot enforce (minimum, uniqueItems, ...) are listed up front, and an output th
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import sys
@@ -15,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from lfmq.atomic import atomic_path, check_target
-from lfmq.errors import ContextOverflowError, ExtractionFailed, LfmqWarning, SchemaError, UsageError
+from lfmq.errors import (ContextOverflowError, ExtractionFailed, LfmqError, LfmqWarning, SchemaError,
+                         UsageError)
+from lfmq.llama.binding import json_schema_grammar
 from lfmq.runtime.generate import stream_generate
 from lfmq.runtime.model import Model, load
 
@@ -32,13 +33,6 @@ SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "con
 # JSON strings may not hold raw control characters; the binding's converter lets them through
 CHAR_RULE = re.compile(r'^char ::= \[\^"\\\\\]', re.M)
 STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F]'
-
-
-def converter() -> Any:
-    """llama-cpp-python's JSON-schema-to-GBNF converter (a port of llama.cpp's)."""
-    from llama_cpp.llama_grammar import SchemaConverter
-
-    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def fix_char_rule(grammar: str) -> str:
@@ -111,9 +105,9 @@ def load_schema(schema: str | Path | Mapping[str, Any]) -> Schema:
         where = "/".join(str(p) for p in e.path)
         raise SchemaError(f"{origin} is not a valid JSON Schema{f' at {where}' if where else ''}: {e.message}") from None
     try:
-        conv = converter()
-        conv.visit(conv.resolve_refs(copy.deepcopy(value), origin), "")  # the converter rewrites $refs in place
-        grammar = fix_char_rule(conv.format_grammar())
+        grammar = fix_char_rule(json_schema_grammar(value, origin))
+    except LfmqError:
+        raise
     except Exception as e:  # the converter asserts, raises KeyError, ValueError ... on what it cannot express
         raise SchemaError(f"{origin}: lfmq cannot turn this schema into a grammar ({type(e).__name__}: {e})") from None
     return Schema(value, grammar, origin, tuple(sorted(_unenforced(value, set()))))

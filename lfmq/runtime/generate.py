@@ -8,22 +8,9 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterator, Sequence
 
-from lfmq.errors import UsageError
-from lfmq.errors import LlamaError
-from lfmq.runtime.model import Model, llama, log_tail
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings; the defaults are Liquid's recommendation for LFM2.5."""
-
-    temperature: float = 0.1      # 0 = greedy
-    top_k: int = 50
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repeat_penalty: float = 1.05
-    repeat_last_n: int = 64
-    seed: int | None = None       # None: a different run each time
+from lfmq.errors import StateError, UsageError
+from lfmq.llama.engine import Sampling
+from lfmq.runtime.model import Model
 
 
 SAMPLING_FIELDS = tuple(f.name for f in fields(Sampling))
@@ -80,39 +67,6 @@ class Generation:
     stats: Stats
 
 
-def _sampler(model: Model, s: Sampling, history: Sequence[int], grammar: str | None, ban: Sequence[int]) -> Any:
-    """llama.cpp sampler chain: bans, grammar, repeat penalty (primed with the prompt's tail), top-k/p, min-p, temp."""
-    L = llama()
-    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-    if ban:
-        biases = (L.llama_logit_bias * len(ban))(*[L.llama_logit_bias(t, float("-inf")) for t in ban])
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(model.n_vocab, len(ban), biases))
-    if grammar is not None:
-        g = L.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
-        if not g:
-            L.llama_sampler_free(chain)
-            raise LlamaError(f"llama.cpp rejected the grammar: {log_tail()}")
-        L.llama_sampler_chain_add(chain, g)
-    if s.repeat_penalty != 1.0 and s.repeat_last_n != 0:
-        pen = L.llama_sampler_init_penalties(model.n_vocab, s.repeat_last_n, s.repeat_penalty, 0.0, 0.0)
-        for t in history[-s.repeat_last_n:] if s.repeat_last_n > 0 else history:
-            L.llama_sampler_accept(pen, t)
-        L.llama_sampler_chain_add(chain, pen)
-    if s.temperature <= 0:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
-        return chain
-    if s.top_k > 0:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_k(s.top_k))
-    if s.top_p < 1.0:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(s.top_p, 1))
-    if s.min_p > 0.0:
-        L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(s.min_p, 1))
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(s.temperature))
-    seed = L.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
-    L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed))
-    return chain
-
-
 def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
     """Token ids of a raw prompt: text is tokenized with control tokens parsed and BOS added unless already there."""
     if not isinstance(prompt, str):
@@ -144,7 +98,7 @@ def stream_generate(
     tokens = prompt_tokens(model, prompt)
     _, evaluated = model.sync(tokens, snapshot_at=snapshot_at)
     prompt_done = time.perf_counter()
-    chain = _sampler(model, s, tokens, grammar, [*ban_tokens, *(model.eog_tokens() if ignore_eos else ())])
+    sampler = model.engine.sampler(s, tokens, grammar, [*ban_tokens, *(model.eog_tokens() if ignore_eos else ())])
     text = codecs.getincrementaldecoder("utf-8")("replace")
     n, finish, mine = 0, "stop", model.evaluated
     try:
@@ -158,17 +112,17 @@ def stream_generate(
             if model.n_past >= model.n_ctx:
                 finish = "context"
                 break
-            token = llama().llama_sampler_sample(chain, model.ctx, -1)
+            token = sampler.sample(-1)
             if model.is_eog(token):
                 break
             n += 1
             yield Chunk(text.decode(model.piece(token)), (token,), time.perf_counter() - started)
             if model.evaluated != mine:  # someone else used the context while this stream was paused
-                raise UsageError("another generation used this model in between: run one stream per model at a time")
+                raise StateError("another generation used this model in between: run one stream per model at a time")
             model.decode([token])  # after the yield: the reader sees the token one evaluation earlier
             mine += 1
     finally:
-        llama().llama_sampler_free(chain)
+        sampler.free()
     now = time.perf_counter()
     stats = Stats(len(tokens), evaluated, n, prompt_done - started, now - prompt_done, finish)
     yield Chunk(text.decode(b"", final=True), (), now - started, stats)

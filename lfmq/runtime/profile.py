@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from lfmq.errors import UsageError
+from lfmq.errors import InputError, UsageError
 from lfmq.llama.settings import Settings
 
 
@@ -22,7 +22,7 @@ def _read_file(path: Path) -> Mapping[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise UsageError(f"cannot read profile {path}: {e.strerror}") from None
+        raise InputError(f"cannot read profile {path}: {e.strerror}") from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -30,9 +30,9 @@ def _read_file(path: Path) -> Mapping[str, Any]:
             return tomllib.loads(text)
         return json.loads(text)
     except ImportError:
-        raise UsageError(f"{path}: TOML profiles need Python 3.11+; write it as JSON") from None
+        raise InputError(f"{path}: TOML profiles need Python 3.11+; write it as JSON") from None
     except ValueError as e:
-        raise UsageError(f"profile {path} does not parse: {e}") from None
+        raise InputError(f"profile {path} does not parse: {e}") from None
 
 
 def _normalize(knobs: Mapping[str, Any], origin: str) -> dict[str, Any]:
