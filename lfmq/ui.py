@@ -314,8 +314,8 @@ def show_bench(rep: Any) -> None:
         out.print(f"predicted on {p.profile} (not measured): {p.model} decode {_fmt(p.decode_tps, 'tok/s')}, prefill "
                   f"{_fmt(p.prefill_tps, 'tok/s')}, memory {p.memory.total_mb:,.0f} MB")
     prof, b = rep.profile, rep.build
-    out.print(f"profile {prof.name}: memory bandwidth {prof.bandwidth_gbs:.1f} GB/s "
-              f"({prof.memory.get('bandwidth_source', '?')})", markup=False)
+    out.print(f"profile {prof.name}: memory bandwidth {prof.bandwidth_gbs:.1f} GB/s, "
+              f"{prof.memory.get('bandwidth_source', 'source not recorded')}", markup=False)
     out.print(f"build: llama-cpp-python {b.llama_cpp_python} (llama.cpp {b.llama_cpp}, libllama {b.libllama_sha256})",
               markup=False)
 

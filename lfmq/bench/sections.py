@@ -135,7 +135,7 @@ def _machine(rep: BenchReport) -> Section:
 
 def _profile(rep: BenchReport) -> Section:
     prof = rep.profile
-    bandwidth = f"{round(prof.bandwidth_gbs, 1):g} GB/s ({prof.memory.get('bandwidth_source', '?')})"
+    bandwidth = f"{round(prof.bandwidth_gbs, 1):g} GB/s, {prof.memory.get('bandwidth_source', 'source not recorded')}"
     items = [("profile", prof.name), ("device", prof.title), ("CPU", str(prof.cpu.get("model", "?"))),
              ("memory bandwidth", bandwidth)]
     if on_profile_device(rep):
