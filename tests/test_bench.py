@@ -87,6 +87,20 @@ def test_host_profile_carries_its_measured_bandwidth(report, tmp_path):
     assert not re.search(r"(?<![\d.])0 GB/s", html.read_text(encoding="utf-8"))
 
 
+def test_cli_json_output_and_compare(small_f16, tmp_path):
+    """`--json` prints report.json's shape on stdout, `-o` writes it, `--compare` reads both back."""
+    from lfmq.bench.result import BenchReport
+
+    out = tmp_path / "a.json"
+    r = run_cli("bench", str(small_f16), "-p", "8", "-n", "2", "-r", "1", "-t", "1", "--json", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    printed = BenchReport.from_dict(json.loads(r.stdout))
+    assert BenchReport.from_dict(json.loads(out.read_text())) == printed
+    assert [t.name for t in printed.tests] == ["pp8", "tg2"] and printed.profile.bandwidth_gbs > 0
+    r = run_cli("bench", "--compare", str(out), str(out), "--json")
+    assert r.returncode == 0 and [row["ts_ratio"] for row in json.loads(r.stdout)] == [1.0, 1.0]
+
+
 @pytest.mark.parametrize("args,code,needle", [
     (["bench"], 2, "give one or more GGUF files"),
     (["bench", "x.gguf", "-t", "two"], 2, "Invalid value for '-t' / '--threads'"),

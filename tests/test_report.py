@@ -241,7 +241,8 @@ def test_speed_chart_names_every_type(small_ladder: dict[str, Path]):
     """llama.cpp describes Q4_K_M and Q5_K_M both as "... - Medium"; the chart names the file types."""
     from lfmq.bench.html import speed_figure
 
-    rep = bench([small_ladder["Q4_K_M"], small_ladder["Q5_K_M"]], profile="rpi5", n_prompt=8, n_gen=2, reps=1, threads=[1])
+    rep = bench([small_ladder["Q4_K_M"], small_ladder["Q5_K_M"]], profile="rpi5", n_prompt=8, n_gen=2, reps=1,
+                threads=[1])
     assert [t.model_type.split(" - ")[-1] for t in rep.tests] == ["Medium"] * 4  # what the chart used to show
     labels = re.findall(r"<title>([^<]*)</title>", speed_figure(rep))
     for expected in ("Q4_K_M pp8", "Q4_K_M tg2", "Q5_K_M pp8", "Q5_K_M tg2"):
