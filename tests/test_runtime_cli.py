@@ -96,7 +96,7 @@ def test_extract_from_stdin_lines_with_a_bad_item(tiny_f32, files):
      "error: --raw sends the prompt without the chat template: drop --tools and --system, or --raw\n"),
     (["generate", "{model}", "-p", "x", "--n-ctx", "999999"], 2,
      "error: n_ctx=999999: choose 64 to 128000 (the model is trained for 32768)\n"),
-    (["chat", "{model}", "--profile", "{tmp}/a.txt"], 2, "error: profile {tmp}/a.txt does not parse: "),
+    (["chat", "{model}", "--profile", "{tmp}/a.txt"], 1, "error: profile {tmp}/a.txt does not parse: "),
 ])
 def test_errors_are_one_line(tiny_f32, files, args, code, message):
     (files / "bad.json").write_text("{oops")
