@@ -281,14 +281,6 @@ def show_recipe(r: Any) -> None:
         out.print(commands, markup=False)
 
 
-def write_json(obj: Any, path: Path, force: bool = False) -> None:
-    from lfmq.atomic import atomic_path
-
-    with atomic_path(Path(path), force) as tmp:
-        tmp.write_text(json.dumps(to_jsonable(obj), indent=2, ensure_ascii=False) + "\n")
-    wrote(path)
-
-
 def wrote(path: Path | str) -> None:
     """A file a command wrote besides its result: on stderr, so that stdout can carry --json."""
     err.print(f"wrote {escape(str(path))}")
