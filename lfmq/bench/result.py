@@ -96,15 +96,6 @@ class Device:
     build: dict[str, Any] = field(default_factory=dict)   # the device build's manifest
     emulated: bool = False   # speeds measured under emulation say nothing about the device
 
-    @property
-    def label(self) -> str:
-        """Where the measurements come from, as every rendering names it."""
-        if self.emulated:
-            return f"emulated ({self.kind}{': ' + self.name if self.name else ''}), not a device speed"
-        if self.kind == "local":
-            return "this machine"
-        return f"{self.name or 'the device'} ({self.kind})"
-
 
 @dataclass(frozen=True)
 class BenchReport:
