@@ -17,7 +17,6 @@ from lfmq.errors import InputError, UsageError
 from lfmq.meta import ModelMeta
 
 FORMAT = 2  # the layout of report.json; 1 (no "format" key) recorded the profile by its name only
-DEVICE_KINDS = ("local", "ssh", "adb", "qemu")
 
 
 @dataclass(frozen=True)
