@@ -170,16 +170,10 @@ class _File:
 
 def _file(path: str | Path) -> _File:
     """What the report says of a file, from its metadata and tensor index (the vocabulary is not read)."""
-    import gguf
+    from lfmq.meta import read_meta
 
-    from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
-    from lfmq.llama.gguf_index import tensor_index
-
-    ix = tensor_index(path)
-    ftype = ix.get(gguf.Keys.General.FILE_TYPE)
-    known = gguf.LlamaFileType._value2member_map_
-    return _File(Path(path).resolve(), known[ftype].name if ftype in known else None, Path(path).stat().st_size,
-                 8 * ix.tensor_bytes / max(ix.n_params, 1), bool(ix.get(KEY_LFMQ_SYNTHETIC, False)))
+    m = read_meta(path)
+    return _File(Path(path).resolve(), m.file_type, m.file_bytes, m.bits_per_weight, m.synthetic)
 
 
 def _quality(info: _File, acc: _Accumulator, ref_ppl: float) -> ModelQuality:

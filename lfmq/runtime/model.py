@@ -34,19 +34,20 @@ class Model:
     def __init__(self, path: str | Path, settings: Settings) -> None:
         from gguf import Keys
 
-        from lfmq.convert.writer import KEY_LFMQ_SYNTHETIC
         from lfmq.llama.gguf_index import tensor_index
+        from lfmq.meta import meta_from_fields
 
         self.path = Path(path)
         self.warnings: tuple[str, ...] = ()
-        meta = tensor_index(self.path).meta  # clear errors for missing, foreign or truncated files
-        arch = meta.get(Keys.General.ARCHITECTURE)
-        if arch not in SUPPORTED_ARCHS:
-            raise UnsupportedModelError(f"{self.path} holds a {arch!r} model: lfmq runs {', '.join(SUPPORTED_ARCHS)}")
-        self.architecture: str = arch
-        self.synthetic = bool(meta.get(KEY_LFMQ_SYNTHETIC, False))  # random weights: lfmq synth
-        self.n_ctx_train = int(meta.get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch), TRAINED_CONTEXT))
-        gguf_template = meta.get(Keys.Tokenizer.CHAT_TEMPLATE)
+        index = tensor_index(self.path)  # clear errors for missing, foreign or truncated files
+        self.meta = meta_from_fields(index.meta, index.tensors, self.path)
+        if self.meta.architecture not in SUPPORTED_ARCHS:
+            raise UnsupportedModelError(f"{self.path} holds a {self.meta.architecture!r} model: lfmq runs "
+                                        f"{', '.join(SUPPORTED_ARCHS)}")
+        self.architecture: str = self.meta.architecture
+        self.synthetic = self.meta.synthetic  # random weights: lfmq synth
+        self.n_ctx_train = self.meta.context_length or TRAINED_CONTEXT
+        gguf_template = index.get(Keys.Tokenizer.CHAT_TEMPLATE)
         self.engine = Engine(self.path, self._check_settings(settings))
         self.settings = self.engine.settings
         self.n_vocab, self.n_ctx, self.n_batch = self.engine.n_vocab, self.engine.n_ctx, self.engine.n_batch
