@@ -32,9 +32,15 @@ class Reply:
     stats: Stats | None
 
     @classmethod
-    def from_text(cls, text: str, stats: Stats | None = None) -> Reply:
-        parsed = parse_reply(text)
+    def from_text(cls, text: str, stats: Stats | None = None, tools: Sequence[Message] | None = None) -> Reply:
+        """tools: the tools offered (a call without markers counts only for these; None: any name)."""
+        parsed = parse_reply(text, tools)
         return cls(text, parsed.content, parsed.calls, parsed.error, stats)
+
+    @property
+    def reasoning(self) -> str:
+        """The `<think>` text of the turn (content leaves it out)."""
+        return parse_reply(self.text).reasoning
 
     @property
     def message(self) -> dict[str, Any]:
@@ -71,7 +77,8 @@ def stream_chat(model: Model, messages: Sequence[Message], *, tools: Sequence[Me
                                **{**_constraints(model, tools, tool_choice), **kwargs})
 
 
-def collect(model: Model, stream: Iterable[Chunk], on_text: Callable[[str], None] | None = None) -> Reply:
+def collect(model: Model, stream: Iterable[Chunk], on_text: Callable[[str], None] | None = None,
+            tools: Sequence[Message] | None = None) -> Reply:
     """Consume a stream into a Reply, handing each piece of text to on_text as it comes."""
     ids: list[int] = []
     stats = None
@@ -80,12 +87,12 @@ def collect(model: Model, stream: Iterable[Chunk], on_text: Callable[[str], None
             on_text(chunk.text)
         ids.extend(chunk.tokens)
         stats = chunk.stats or stats
-    return Reply.from_text(model.detokenize(ids), stats)
+    return Reply.from_text(model.detokenize(ids), stats, tools)
 
 
 def chat(model: Model, messages: Sequence[Message], **kwargs: Any) -> Reply:
     """One assistant turn for a list of messages; tool calls in it come back parsed."""
-    return collect(model, stream_chat(model, messages, **kwargs))
+    return collect(model, stream_chat(model, messages, **kwargs), tools=kwargs.get("tools") or ())
 
 
 class Chat:
@@ -174,7 +181,7 @@ class Chat:
                 reply = self.model.detokenize(ids)
                 self._messages.append({"role": "assistant", "content": reply})
                 self._text, self._tokens = text + reply, tokens + ids
-                self.last = Reply.from_text(reply, stats)
+                self.last = Reply.from_text(reply, stats, self.tools or ())
             else:
                 self._messages.pop()
 
