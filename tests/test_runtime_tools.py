@@ -108,6 +108,17 @@ def test_format_then_parse_round_trips(arguments):
     assert parse_reply(S + text + E).calls == calls
 
 
+def test_a_reply_knows_its_tools_and_its_reasoning():
+    """Chat passes the offered tools: a call list without markers counts only for them; <think> is not content."""
+    from lfmq.runtime.chat import Reply
+
+    text = '<think>weather first</think>[get_weather(location="Oslo")]'
+    assert [c.name for c in Reply.from_text(text, None, [WEATHER]).tool_calls] == ["get_weather"]
+    prose = Reply.from_text(text, None, ())
+    assert prose.tool_calls == () and prose.content == '[get_weather(location="Oslo")]'
+    assert prose.reasoning == "weather first"
+
+
 def test_openai_shapes():
     call = ToolCall("get_weather", {"location": "Paris"})
     assert call.to_openai("c1") == {"id": "c1", "type": "function",
