@@ -41,9 +41,9 @@ def _pre_tokenizer(ck: Path) -> None:
 # id, how to break a fresh tiny checkpoint (config edit or file edit), expected stderr after "error: "
 CONVERT_ERRORS = [
     ("other-architecture", lambda c: c.update(architectures=["LlamaForCausalLM"], model_type="llama"), None,
-     "LlamaForCausalLM is not an architecture lfmq converts (supported: Lfm2ForCausalLM)"),
-    ("moe-sibling", lambda c: c.update(architectures=["Lfm2MoeForCausalLM"], model_type="lfm2_moe"), None,
-     "Lfm2MoeForCausalLM: the LFM2 MoE models (lfm2moe) are a separate architecture lfmq does not convert yet"),
+     "LlamaForCausalLM is not an architecture lfmq converts (supported: Lfm2ForCausalLM, Lfm2MoeForCausalLM)"),
+    ("vl-sibling", lambda c: c.update(architectures=["Lfm2VlForConditionalGeneration"], model_type="lfm2_vl"), None,
+     "Lfm2VlForConditionalGeneration: LFM2-VL is a vision-language model; lfmq converts the text models only"),
     ("conv-bias", lambda c: c.update(conv_bias=True), None,
      "config.json sets conv_bias: true, but llama.cpp's lfm2 graph has no conv biases; converting would silently "
      "drop them, so lfmq refuses this checkpoint"),
@@ -110,7 +110,8 @@ def test_existing_output_needs_force(tiny_ckpt, tmp_path):
     (["convert", "X", "--outtype", "q3"], "error: unknown --outtype 'q3': choose auto, f32, f16, bf16, q8_0\n"),
     (["convert", "X", "--bogus"], "No such option: --bogus"),
     (["convert"], "Missing argument"),
-    (["synth", "huge", "-o", "x"], "error: unknown preset 'huge': choose one of lfm2.5-350m, lfm2-700m, lfm2.5-1.2b, lfm2-2.6b, tiny\n"),
+    (["synth", "huge", "-o", "x"], "error: unknown preset 'huge': choose one of lfm2.5-350m, lfm2-700m, lfm2.5-1.2b, lfm2-2.6b, tiny, lfm2-8b-a1b, "
+                                     "lfm2-moe-mid, tiny-moe\n"),
     (["frobnicate"], "No such command"),
 ])
 def test_usage_errors_exit_2(tmp_path, args, needle):

@@ -72,15 +72,17 @@ def test_unknown_revision_offline(tiny_ckpt, tmp_path):
 
 
 def test_architecture_is_checked_before_weights(tmp_path):
-    """Only config.json is cached: an unsupported architecture is refused from it, before any weight is needed."""
+    """Only config.json is cached: a config llama.cpp cannot run is refused from it, before any weight is needed."""
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe"}))
+    cfg.write_text(json.dumps({"architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "norm_topk_prob": False}))
     cache = tmp_path / "hub"
     populate_cache(cache, "LiquidAI/LFM2-8B-A1B", {"config.json": cfg})
     r = run_cli("convert", "LiquidAI/LFM2-8B-A1B", env=offline(cache))
     assert r.returncode == 1
     assert r.stderr == (
-        "error: Lfm2MoeForCausalLM: the LFM2 MoE models (lfm2moe) are a separate architecture lfmq does not convert yet\n"
+        "error: config.json sets norm_topk_prob: false, but llama.cpp's lfm2moe graph always renormalises the top-k "
+        "expert weights; converting would give a file that loads and computes something else, so lfmq refuses this "
+        "checkpoint\n"
     )
 
 

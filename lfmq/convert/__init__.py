@@ -62,7 +62,7 @@ def convert(
     if out is not None:
         check_target(Path(out), force)
     started = time.perf_counter()
-    ckpt = resolve(src, revision, check=archs.for_config)
+    ckpt = resolve(src, revision, check=_check_config)
     arch = archs.for_config(ckpt.config)
     hp = arch.parse_hparams(ckpt.config)
     with SafetensorsReader(ckpt.weight_files()) as reader:
@@ -71,7 +71,7 @@ def convert(
         vocab = load_vocab(ckpt.folder, hp.n_vocab, ckpt.config)
         target = Path(out) if out is not None else default_output(ckpt, kind)
         n_params = sum(p.n_params for p in plans)
-        n_ff = next(p.shape[0] for p in plans if p.src.endswith("feed_forward.w1.weight"))
+        n_ff = next((p.shape[0] for p in plans if p.src.endswith("feed_forward.w1.weight")), hp.n_ff)
         synthetic = ckpt.config.get(SYNTHETIC_CONFIG_KEY)
         prov = Provenance(
             name=_model_name(ckpt),
@@ -99,6 +99,11 @@ def convert(
         synthetic=bool(synthetic),
         warnings=_warnings(vocab),
     )
+
+
+def _check_config(cfg: dict[str, Any]) -> None:
+    """Everything config.json alone can refuse, before a Hub repo's weights are downloaded."""
+    archs.for_config(cfg).parse_hparams(cfg)
 
 
 def _warnings(vocab) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gguf
 import numpy as np
 
-from lfmq.convert.arch import lfm2
+from lfmq.convert import arch as archs
 from lfmq.convert.synth_vocab import build_tokenizer, tokenizer_config
 from lfmq.errors import OutputExistsError, UsageError
 
@@ -32,7 +32,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     # a few hundred KB: for tests; wide enough weights that its logits are far from uniform
     "tiny": dict(hidden_size=64, num_hidden_layers=4, attn=(1, 3), num_attention_heads=4, num_key_value_heads=2,
                  block_ff_dim=256, block_multiple_of=32, vocab_size=1024, dialect="lfm2.5", params=None),
+    # MoE (Lfm2MoeForCausalLM). LFM2-8B-A1B: 24 blocks, 6 attention, 2 dense FFN blocks then 32 experts, top-4;
+    # Liquid publishes "8.3B total, 1.5B active"; these shapes give 8,339,930,560 total, 1,557,740,992 active
+    "lfm2-8b-a1b": dict(moe=True, hidden_size=2048, num_hidden_layers=24, attn=(2, 6, 10, 14, 18, 21),
+                        num_attention_heads=32, intermediate_size=7168, moe_intermediate_size=1792, num_experts=32,
+                        num_experts_per_tok=4, num_dense_layers=2, vocab_size=65536, dialect="lfm2", params=None),
+    # 769M parameters (1.5 GB in bf16): LFM2-8B-A1B's layout at half the width, for benchmarks that fit a small machine
+    "lfm2-moe-mid": dict(moe=True, hidden_size=1024, num_hidden_layers=16, attn=(2, 6, 10, 14),
+                         num_attention_heads=16, intermediate_size=3584, moe_intermediate_size=896, num_experts=16,
+                         num_experts_per_tok=4, num_dense_layers=2, vocab_size=65536, dialect="lfm2.5", params=None),
+    "tiny-moe": dict(moe=True, hidden_size=64, num_hidden_layers=4, attn=(1, 3), num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
+                     num_experts_per_tok=2, num_dense_layers=1, vocab_size=1024, dialect="lfm2.5", params=None),
 }
+TINY = ("tiny", "tiny-moe")
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 RANDOM_NOTE = "RANDOM WEIGHTS: shape-exact for speed and memory measurements; the model knows no language"
 
@@ -49,12 +62,13 @@ class SynthResult:
     bytes: int
     seconds: float
     seed: int
+    active_parameters: int = 0  # what one token computes with: all but the idle experts of a MoE
 
 
 def make_config(preset: str, *, tied: bool = True) -> dict[str, Any]:
     """config.json for a preset, in the dialect its family publishes (LFM2.5: layer_types + rope_parameters)."""
     p = dict(PRESETS[preset])
-    attn, dialect = p.pop("attn"), p.pop("dialect")
+    attn, dialect, moe = p.pop("attn"), p.pop("dialect"), p.pop("moe", False)
     p.pop("params")
     n = p["num_hidden_layers"]
     cfg: dict[str, Any] = {
@@ -65,13 +79,21 @@ def make_config(preset: str, *, tied: bool = True) -> dict[str, Any]:
         "bos_token_id": 1, "eos_token_id": 7, "pad_token_id": 0, "use_cache": True,
         **p,
     }
+    if moe:
+        # Lfm2MoeConfig: intermediate_size as is (no block_* rounding), layer_types in every dialect
+        for key in ("block_multiple_of", "block_ffn_dim_multiplier", "block_auto_adjust_ff_dim"):
+            del cfg[key]
+        cfg.update(architectures=["Lfm2MoeForCausalLM"], model_type="lfm2_moe", norm_topk_prob=True,
+                   routed_scaling_factor=1.0, use_expert_bias=True,
+                   layer_types=["full_attention" if i in attn else "conv" for i in range(n)])
     if dialect == "lfm2.5":
         cfg["layer_types"] = ["full_attention" if i in attn else "conv" for i in range(n)]
         cfg["rope_parameters"] = {"rope_theta": 1000000.0, "rope_type": "default"}
         cfg["tie_word_embeddings"] = tied
         cfg["dtype"] = "bfloat16"
     else:
-        cfg["full_attn_idxs"] = list(attn)
+        if not moe:
+            cfg["full_attn_idxs"] = list(attn)
         cfg["rope_theta"] = 1000000.0
         cfg["tie_embedding"] = tied
         cfg["torch_dtype"] = "bfloat16"
@@ -82,7 +104,9 @@ def _scale(name: str, shape: tuple[int, ...], preset: str) -> tuple[float, float
     """(mean, std) of a tensor's random values: norms near 1, matrices like a trained model's init."""
     if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
         return 1.0, 0.1
-    if preset == "tiny":
+    if name.endswith("expert_bias"):
+        return 0.0, 0.1  # load-balancing offsets of the order of the sigmoid scores: they change which experts win
+    if preset in TINY:
         return 0.0, 0.5 if "conv.conv" in name else 1.5 / np.sqrt(shape[-1])
     return 0.0, 0.02
 
@@ -136,8 +160,9 @@ def synth(
     started = time.perf_counter()
     cfg = {**make_config(preset, tied=tied), **(overrides or {})}
     cfg["lfmq_synthetic"] = {"preset": preset, "seed": seed, "note": RANDOM_NOTE}
-    hp = lfm2.parse_hparams(cfg)
-    shapes = lfm2.expected_shapes(hp, hp.n_ff)
+    arch = archs.for_config(cfg)
+    hp = arch.parse_hparams(cfg)
+    shapes = arch.expected_shapes(hp, hp.n_ff)
     if not tied:
         shapes["lm_head.weight"] = (hp.n_vocab, hp.n_embd)
     rng = np.random.default_rng(seed)
@@ -158,7 +183,9 @@ def synth(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n_params = sum(int(np.prod(s)) for s in shapes.values())
-    return SynthResult(out.resolve(), preset, n_params, size, time.perf_counter() - started, seed)
+    head = hp.n_vocab * hp.n_embd if "lm_head.weight" in shapes else 0
+    return SynthResult(out.resolve(), preset, n_params, size, time.perf_counter() - started, seed,
+                       active_parameters=arch.active_parameters(hp, hp.n_ff) + head)
 
 
 def _write_all(folder: Path, cfg: dict, shapes: dict, dtype: str, fill: Callable, shards: int, seed: int,

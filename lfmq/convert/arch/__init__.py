@@ -1,5 +1,6 @@
 """Architectures by convention: `arch/<model_type>.py` exposes MODEL_TYPE, ARCHITECTURES, GGUF_ARCH, SIBLINGS,
-Hparams, parse_hparams, expected_shapes and write_hparams; `for_config` finds the module for a config.json."""
+UNTIED_HEAD_REFUSAL, Hparams, parse_hparams, expected_shapes, stacked, active_parameters and write_hparams;
+`for_config` finds the module for a config.json."""
 
 from __future__ import annotations
 

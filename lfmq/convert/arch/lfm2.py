@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +15,10 @@ ARCHITECTURES = ("Lfm2ForCausalLM", "LFM2ForCausalLM")
 GGUF_ARCH = gguf.MODEL_ARCH.LFM2
 # architectures that look related but are not this graph: say what they are instead of a generic refusal
 SIBLINGS = {
-    "Lfm2MoeForCausalLM": "the LFM2 MoE models (lfm2moe) are a separate architecture lfmq does not convert yet",
     "Lfm2VlForConditionalGeneration": "LFM2-VL is a vision-language model; lfmq converts the text models only",
     "Lfm2AudioForConditionalGeneration": "LFM2-Audio is an audio model; lfmq converts the text models only",
 }
+UNTIED_HEAD_REFUSAL: str | None = None  # an untied lm_head becomes output.weight
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,10 @@ class Hparams:
 
     def is_attention(self, layer: int) -> bool:
         return layer in self.attn_layers
+
+    @property
+    def dense_ffn_layers(self) -> range:
+        return range(self.n_layer)
 
     @property
     def head_count_kv_per_layer(self) -> list[int]:
@@ -174,6 +179,16 @@ def expected_shapes(hp: Hparams, n_ff: int) -> dict[str, tuple[int, ...]]:
             shapes[p + "conv.conv.weight"] = (e, 1, hp.l_cache)
             shapes[p + "conv.out_proj.weight"] = (e, e)
     return shapes
+
+
+def stacked(hp: Hparams) -> dict[str, tuple[str, ...]]:
+    """GGUF tensors built from several checkpoint tensors: none in the dense model."""
+    return {}
+
+
+def active_parameters(hp: Hparams, n_ff: int) -> int:
+    """Parameters one token computes with: all of them in a dense model."""
+    return sum(math.prod(s) for s in expected_shapes(hp, n_ff).values())
 
 
 def write_hparams(writer: gguf.GGUFWriter, hp: Hparams, n_ff: int) -> None:
