@@ -265,6 +265,30 @@ struct Session {
         return std::string(buf, static_cast<size_t>(n));
     }
 
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special) const {
+        int need = -llama_tokenize(vocab, text.c_str(), static_cast<int32_t>(text.size()), nullptr, 0, add_special, true);
+        std::vector<llama_token> out(static_cast<size_t>(std::max(need, 0)));
+        if (need <= 0 || llama_tokenize(vocab, text.c_str(), static_cast<int32_t>(text.size()), out.data(), need,
+                                        add_special, true) < 0) fail("cannot tokenize the prompt");
+        return out;
+    }
+
+    // lfmq.bench.case.CHAT, rendered with llama.cpp's built-in template for the model's (ChatML for LFM2)
+    std::vector<llama_token> chat_tokens() const {
+        const llama_chat_message chat[2] = {
+            {"system", "You are a helpful assistant that extracts structured data from messages. Answer with JSON "
+                       "only, using the keys name, date, amount and currency."},
+            {"user", "Hi, this is Dana Whitfield. I paid the invoice from March 3rd, 2026 this morning: 1,284.50 euros "
+                     "by bank transfer, reference INV-2026-0117. Could you confirm that it arrived and send the receipt "
+                     "to my office address? Thanks a lot, Dana."}};
+        const char * tmpl = llama_model_chat_template(model, nullptr);
+        std::vector<char> buf(4096);
+        int n = llama_chat_apply_template(tmpl, chat, 2, true, buf.data(), static_cast<int32_t>(buf.size()));
+        if (n < 0) n = llama_chat_apply_template("chatml", chat, 2, true, buf.data(), static_cast<int32_t>(buf.size()));
+        if (n < 0 || n > static_cast<int>(buf.size())) fail("cannot render the chat prompt for time to first token");
+        return tokenize(std::string(buf.data(), static_cast<size_t>(n)), llama_vocab_get_add_bos(vocab));
+    }
+
     std::string describe() const {
         char buf[256];
         llama_model_desc(model, buf, sizeof buf);
@@ -346,14 +370,14 @@ int bench(int argc, char ** argv) {
             m.decode(random_tokens(rng, m.n_vocab, 1), static_cast<int>(depth + n_prompt + i));
         samples.push_back(std::chrono::duration_cast<std::chrono::nanoseconds>(clk::now() - t).count());
     }
-    std::string ttft = "null";
-    if (!ttft_tokens.empty()) {  // the caller's chat-sized prompt, from an empty context, to its greedy first token
-        m.reset();
-        auto t = clk::now();
-        m.decode(ttft_tokens, 0);
-        m.argmax();
-        ttft = jnum(ms_since(t));
-    }
+    // a chat-sized prompt from an empty context to its greedy first token: the caller's tokens (lfmq renders its
+    // chat through the model's Jinja template), else the same chat through llama.cpp's built-in template matcher
+    if (ttft_tokens.empty()) ttft_tokens = m.chat_tokens();
+    m.reset();
+    auto t_first = clk::now();
+    m.decode(ttft_tokens, 0);
+    m.argmax();
+    const std::string ttft = jnum(ms_since(t_first));
     auto mem = memory_status();  // with the model still loaded
 
     std::ostringstream o;
@@ -363,7 +387,7 @@ int bench(int argc, char ** argv) {
       << "\"n_ctx\":" << m.s.n_ctx << ",\"threads\":" << m.s.threads << ",\"n_batch\":" << m.s.n_batch
       << ",\"n_ubatch\":" << m.s.n_ubatch << ",\"use_mmap\":" << (m.s.use_mmap ? "true" : "false")
       << ",\"flash_attn\":" << (m.s.flash_attn < 0 ? "null" : m.s.flash_attn ? "true" : "false")
-      << ",\"type_k\":" << jstr(m.s.type_k) << ",\"type_v\":" << jstr(m.s.type_v) << "}"
+      << ",\"type_k\":" << jstr(m.s.type_k) << ",\"type_v\":" << jstr(m.s.type_v) << ",\"n_seq_max\":1}"
       << ",\"model_type\":" << jstr(m.describe()) << ",\"model_size\":" << llama_model_size(m.model)
       << ",\"model_n_params\":" << llama_model_n_params(m.model);
     for (const char * k : {"vmhwm", "vmrss", "rssanon", "rssfile"}) o << ",\"" << k << "\":" << jnum(mem[k]);
@@ -391,12 +415,8 @@ int generate(int argc, char ** argv) {
     if (a.has("--tokens")) {
         prompt = parse_ids(a.str("--tokens"));
     } else {
-        const std::string text = a.str("--prompt");
-        int need = -llama_tokenize(m.vocab, text.c_str(), static_cast<int32_t>(text.size()), nullptr, 0,
-                                   llama_vocab_get_add_bos(m.vocab), true);
-        prompt.resize(static_cast<size_t>(std::max(need, 0)));
-        if (llama_tokenize(m.vocab, text.c_str(), static_cast<int32_t>(text.size()), prompt.data(), need,
-                           llama_vocab_get_add_bos(m.vocab), true) < 0) fail("cannot tokenize the prompt");
+        if (a.str("--prompt").empty()) usage("the prompt is empty");
+        prompt = m.tokenize(a.str("--prompt"), llama_vocab_get_add_bos(m.vocab));
     }
     if (prompt.empty()) usage("the prompt is empty");
 
