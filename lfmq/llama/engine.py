@@ -85,6 +85,7 @@ class Engine:
         self.settings = replace(s, threads=s.threads or default_threads(), n_ubatch=min(s.n_ubatch, s.n_batch))
         self._cb = cb_eval  # ctypes callbacks must outlive the context
         self._model = self._ctx = self._batch = None
+        self._adapters: list[Any] = []
         self._pieces: dict[int, bytes] = {}
         self._kinds: dict[str, tuple[int, ...]] = {}
         self._open()
@@ -98,6 +99,7 @@ class Engine:
         self._model = L.llama_model_load_from_file(str(self.path).encode(), mp)
         if not self._model:
             raise LlamaError(f"llama.cpp could not load {self.path}: {llama_log.tail()}")
+        self._adapters = [self._load_lora(path) for path, _ in s.lora]  # freed with the model
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = s.n_ctx, s.n_batch, s.n_ubatch, s.n_seq_max
         cp.n_threads = cp.n_threads_batch = s.threads
@@ -111,6 +113,12 @@ class Engine:
         if not self._ctx:
             self.close()
             raise LlamaError(f"llama.cpp could not create a context for {self.path} with {s}: {llama_log.tail()}")
+        if self._adapters:
+            adapters = (L.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
+            scales = (ctypes.c_float * len(self._adapters))(*[scale for _, scale in s.lora])
+            if L.llama_set_adapters_lora(self._ctx, adapters, len(self._adapters), scales) != 0:
+                self.close()
+                raise LlamaError(f"llama.cpp could not apply the LoRA adapters to {self.path}: {llama_log.tail()}")
         self._batch = L.llama_batch_init(s.n_batch, 0, s.n_seq_max)
         self._vocab = L.llama_model_get_vocab(self._model)
         self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
@@ -120,6 +128,13 @@ class Engine:
         self.eos_id = int(L.llama_vocab_eos(self._vocab))
         self.pad_id = int(L.llama_vocab_pad(self._vocab))
         self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+
+    def _load_lora(self, path: str) -> Any:
+        adapter = lib().llama_adapter_lora_init(self._model, str(path).encode())
+        if not adapter:
+            self.close()
+            raise LlamaError(f"llama.cpp could not apply the LoRA adapter {path} to {self.path.name}: {llama_log.tail()}")
+        return adapter
 
     # -- lifetime ------------------------------------------------------------------------------------------------
 
@@ -136,6 +151,7 @@ class Engine:
             if self._model:
                 L.llama_model_free(self._model)
                 self._model = None
+            self._adapters = []  # llama_model_free freed them
 
     @property
     def closed(self) -> bool:

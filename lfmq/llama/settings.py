@@ -33,3 +33,4 @@ class Settings:
     type_k: str = "f16"
     type_v: str = "f16"
     n_seq_max: int = 1                # sequences one context holds (the server and batched extraction use more)
+    lora: tuple[tuple[str, float], ...] = ()  # GGUF LoRA adapters applied at run time: (path, scale)
