@@ -235,11 +235,30 @@ def load(
     flash_attn: bool | None = None,
     type_k: str | None = None,
     type_v: str | None = None,
+    lora: str | Path | Sequence[str | Path | tuple[str | Path, float]] | None = None,
 ) -> Model:
     """Open a GGUF for generation. Knobs left None come from the device profile, then from the defaults
-    (n_ctx 4096, not the 128000 the metadata advertises; threads = the cores this process may use)."""
+    (n_ctx 4096, not the 128000 the metadata advertises; threads = the cores this process may use). `lora` applies
+    GGUF LoRA adapters (`lfmq convert ADAPTER --base BASE --lora-out`): a path, or paths and (path, scale) pairs."""
     explicit = dict(n_ctx=n_ctx, threads=threads, n_batch=n_batch, n_ubatch=n_ubatch, use_mmap=use_mmap,
-                    flash_attn=flash_attn, type_k=type_k, type_v=type_v)
+                    flash_attn=flash_attn, type_k=type_k, type_v=type_v, lora=lora_settings(lora) or None)
     knobs = {**profile_knobs(profile), **{k: v for k, v in explicit.items() if v is not None}}
     return Model(path, replace(Settings(), **knobs))
+
+
+def lora_settings(lora: str | Path | Sequence[str | Path | tuple[str | Path, float]] | None) -> tuple[tuple[str, float], ...]:
+    """(path, scale) pairs for Settings.lora from what a caller may pass; a missing file is an error here."""
+    from lfmq.errors import ModelNotFoundError
+
+    if lora is None:
+        return ()
+    items = [lora] if isinstance(lora, (str, Path)) else list(lora)
+    pairs = []
+    for item in items:
+        path, scale = (item, 1.0) if isinstance(item, (str, Path)) else item
+        if not Path(path).is_file():
+            raise ModelNotFoundError(f"LoRA adapter {path} does not exist: make one with "
+                                     "`lfmq convert ADAPTER --base BASE --lora-out`")
+        pairs.append((str(path), float(scale)))
+    return tuple(pairs)
 
