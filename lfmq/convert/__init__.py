@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ from lfmq.atomic import atomic_path, check_target
 from lfmq.convert import arch as archs
 from lfmq.convert.safetensors import SafetensorsReader
 from lfmq.convert.source import Checkpoint, resolve
-from lfmq.convert.tensors import OUTTYPES, plan, resolve_outtype
+from lfmq.convert.lora import WEIGHTS, Adapter, base_warnings, check_base, is_adapter, load_adapter
+from lfmq.convert.tensors import OUTTYPES, TensorPlan, plan, resolve_outtype
 from lfmq.convert.vocab import load_vocab, write_vocab
 from lfmq.convert.writer import Progress, Provenance, write_general, write_gguf
 from lfmq.errors import UsageError
@@ -34,6 +35,7 @@ class ConvertResult:
     seconds: float
     synthetic: bool
     warnings: tuple[str, ...] = ()
+    lora: str | None = None  # the LoRA adapter merged into the model (--lora), or written as a GGUF adapter (--lora-out)
 
 
 def default_output(ckpt: Checkpoint, outtype: str) -> Path:
@@ -53,21 +55,35 @@ def convert(
     revision: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    lora: str | Path | None = None,
+    base: str | Path | None = None,
+    lora_out: bool = False,
 ) -> ConvertResult:
-    """Convert an LFM2 / LFM2.5 checkpoint to GGUF; cheap checks (flags, config, headers, shapes) come before any data."""
+    """Convert an LFM2 / LFM2.5 checkpoint to GGUF; cheap checks (flags, config, headers, shapes) come before any data.
+
+    With `lora`, a PEFT LoRA adapter folder is merged into the weights as they stream. With `base` and `lora_out`,
+    `src` is the adapter and the output is a GGUF LoRA adapter for that base (`base` without `lora_out` merges)."""
     from lfmq import __version__
 
     if outtype.lower() not in ("auto", *OUTTYPES):
         raise UsageError(f"unknown --outtype {outtype!r}: choose auto, {', '.join(OUTTYPES)}")
+    src, lora = _lora_roles(src, lora, base, lora_out)
+    if lora_out:
+        from lfmq.convert.lora_gguf import convert_adapter
+
+        return convert_adapter(lora, src, out, outtype=outtype, revision=revision, force=force, progress=progress)
     if out is not None:
         check_target(Path(out), force)
     started = time.perf_counter()
+    adapter = load_adapter(lora) if lora is not None else None  # its own checks come before the base's weights
     ckpt = resolve(src, revision, check=_check_config)
     arch = archs.for_config(ckpt.config)
     hp = arch.parse_hparams(ckpt.config)
     with SafetensorsReader(ckpt.weight_files()) as reader:
         kind = resolve_outtype(outtype, reader)
         plans = plan(arch, hp, reader, kind)
+        if adapter is not None:
+            plans = _merge(adapter, arch, plans)
         vocab = load_vocab(ckpt.folder, hp.n_vocab, ckpt.config)
         target = Path(out) if out is not None else default_output(ckpt, kind)
         n_params = sum(p.n_params for p in plans)
@@ -81,6 +97,7 @@ def convert(
             revision=ckpt.revision,
             synthetic=_synthetic_note(synthetic),
             version=__version__,
+            lora=adapter.folder.name if adapter else None,
         )
         writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch.GGUF_ARCH])
         write_general(writer, prov, OUTTYPES[kind][1])
@@ -97,8 +114,34 @@ def convert(
         bytes=size,
         seconds=time.perf_counter() - started,
         synthetic=bool(synthetic),
-        warnings=_warnings(vocab),
+        warnings=_warnings(vocab) + (base_warnings(adapter, ckpt) if adapter else ()),
+        lora=adapter.folder.name if adapter else None,
     )
+
+
+def _lora_roles(src: str | Path, lora: str | Path | None, base: str | Path | None,
+                lora_out: bool) -> tuple[str | Path, str | Path | None]:
+    """(base checkpoint, adapter) from the three ways of naming them; one clear usage error otherwise."""
+    if base is not None:
+        if lora is not None:
+            raise UsageError("name the adapter once: either `convert ADAPTER --base BASE` or `convert BASE --lora ADAPTER`")
+        return base, src
+    if lora_out:
+        raise UsageError("--lora-out writes a GGUF adapter for a base model: pass --base BASE, the checkpoint the "
+                         "adapter was trained on")
+    if lora is None and is_adapter(src) and not (Path(src) / "config.json").exists():
+        raise UsageError(f"{src} is a LoRA adapter, not a model: pass --base BASE (add --lora-out for a GGUF adapter, "
+                         "leave it out to merge the adapter into the base)")
+    return src, lora
+
+
+def _merge(adapter: Adapter, arch, plans: list[TensorPlan]) -> list[TensorPlan]:
+    """The plans with the adapter's low-rank updates attached, after checking every module against the base."""
+    shapes = {p.src: p.shape for p in plans}
+    check_base(adapter, arch.ARCHITECTURES[0], shapes, tied="lm_head.weight" not in shapes)
+    with SafetensorsReader([adapter.folder / WEIGHTS]) as reader:
+        deltas = adapter.deltas(reader)
+    return [replace(p, delta=deltas[p.src]) if p.src in deltas else p for p in plans]
 
 
 def _check_config(cfg: dict[str, Any]) -> None:

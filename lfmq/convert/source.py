@@ -76,8 +76,10 @@ def resolve(
     src: str | Path,
     revision: str | None = None,
     check: Callable[[dict[str, Any]], object] | None = None,
+    config_only: bool = False,
 ) -> Checkpoint:
-    """A local folder as is; otherwise a Hub repo id whose config is fetched and checked before any weights."""
+    """A local folder as is; otherwise a Hub repo id whose config is fetched and checked before any weights (and,
+    with config_only, instead of them: a LoRA adapter needs its base's shapes, not its gigabytes)."""
     path = Path(src).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -91,10 +93,11 @@ def resolve(
     text = str(src)
     if text.startswith((".", "/", "~")) or text.endswith("/") or not REPO_ID.match(text):
         raise ModelNotFoundError(f"{src}: no such folder (and not a Hub repo id like LiquidAI/LFM2.5-350M)")
-    return _from_hub(str(src), revision, check)
+    return _from_hub(str(src), revision, check, config_only)
 
 
-def _from_hub(repo_id: str, revision: str | None, check: Callable[[dict[str, Any]], object] | None) -> Checkpoint:
+def _from_hub(repo_id: str, revision: str | None, check: Callable[[dict[str, Any]], object] | None,
+              config_only: bool = False) -> Checkpoint:
     import huggingface_hub as hf
 
     with _hub_errors(repo_id, revision):
@@ -102,6 +105,8 @@ def _from_hub(repo_id: str, revision: str | None, check: Callable[[dict[str, Any
     cfg = read_config(config_path)
     if check:
         check(cfg)  # refuse an unsupported architecture before downloading gigabytes
+    if config_only:
+        return Checkpoint(config_path.parent, cfg, repo_id=repo_id, revision=config_path.parent.name)
     with _hub_errors(repo_id, revision):
         folder = Path(hf.snapshot_download(repo_id, revision=revision, allow_patterns=NEEDED_FILES))
     return Checkpoint(folder, cfg, repo_id=repo_id, revision=folder.name)

@@ -18,6 +18,8 @@ KEY_LFMQ_VERSION = "lfmq.version"
 KEY_LFMQ_SOURCE = "lfmq.source"
 KEY_LFMQ_REVISION = "lfmq.source.revision"
 KEY_LFMQ_SYNTHETIC = "lfmq.synthetic"
+KEY_LFMQ_LORA = "lfmq.lora"            # a model: the LoRA adapter merged into it; an adapter: the adapter itself
+KEY_LFMQ_LORA_BASE = "lfmq.lora.base"  # an adapter: the base model it was checked against
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -31,6 +33,7 @@ class Provenance:
     revision: str | None
     synthetic: str | None  # a sentence saying the weights are random, or None
     version: str
+    lora: str | None = None  # the adapter merged into the weights
 
 
 def write_general(writer: gguf.GGUFWriter, prov: Provenance, file_type: gguf.LlamaFileType) -> None:
@@ -48,6 +51,8 @@ def write_general(writer: gguf.GGUFWriter, prov: Provenance, file_type: gguf.Lla
     if prov.synthetic:
         writer.add_bool(KEY_LFMQ_SYNTHETIC, True)
         writer.add_description(prov.synthetic)
+    if prov.lora:
+        writer.add_string(KEY_LFMQ_LORA, prov.lora)
 
 
 def write_gguf(
