@@ -91,7 +91,7 @@ def convert(
         synthetic = ckpt.config.get(SYNTHETIC_CONFIG_KEY)
         prov = Provenance(
             name=_model_name(ckpt),
-            size_label=gguf.size_label(n_params, 0, 0, 0),
+            size_label=_size_label(plans),
             source=ckpt.origin,
             repo_id=ckpt.repo_id,
             revision=ckpt.revision,
@@ -142,6 +142,18 @@ def _merge(adapter: Adapter, arch, plans: list[TensorPlan]) -> list[TensorPlan]:
     with SafetensorsReader([adapter.folder / WEIGHTS]) as reader:
         deltas = adapter.deltas(reader)
     return [replace(p, delta=deltas[p.src]) if p.src in deltas else p for p in plans]
+
+
+def _size_label(plans: list[TensorPlan]) -> str:
+    """gguf's size label: "769M" for a dense model; "16x191M" (experts x one expert plus the shared weights) for a MoE,
+    as llama.cpp's converter counts them."""
+    total = sum(p.n_params for p in plans)
+    stacked = [p for p in plans if p.parts]
+    if not stacked:
+        return gguf.size_label(total, 0, 0, 0)
+    n_expert = len(stacked[0].parts)
+    expert = sum(p.n_params for p in stacked) // n_expert
+    return gguf.size_label(total, total - expert * n_expert, expert, n_expert)
 
 
 def _check_config(cfg: dict[str, Any]) -> None:
