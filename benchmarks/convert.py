@@ -2,8 +2,10 @@
 
 What it measures, in one run:
 
-1. Synthesizes the shape-exact, random-weight LFM2.5-350M checkpoint with `lfmq.synth` (bf16 safetensors
-   plus tokenizer files, in a child process) into the work dir, reusing it if it is already there.
+1. Synthesizes a random-weight checkpoint with `lfmq.synth` (bf16 safetensors plus tokenizer files, in a child
+   process) into the work dir, reusing it if it is already there: `--preset lfm2.5-350m` (default, the dense row)
+   or `--preset lfm2-moe-mid` (the MoE row: LFM2-8B-A1B's layout at half the width, 769M parameters, 16 experts
+   per layer stacked into one tensor by each tool).
 2. Fetches llama.cpp's converter from the llama-cpp-python 0.3.36 source distribution (`pip download`,
    cached in the work dir) and runs it through a small wrapper that puts the vendored `gguf-py` first on
    the path and forces the pre-tokenizer to "lfm2" (the synthetic tokenizer's probe hash is unknown to
@@ -18,7 +20,8 @@ What it measures, in one run:
 
 Run it from the repository root:
 
-    .venv/bin/python benchmarks/convert.py [--workdir benchmarks/out] [--reps 3] [--keep] [--json FILE]
+    .venv/bin/python benchmarks/convert.py [--preset lfm2-moe-mid] [--workdir benchmarks/out] [--reps 3] [--keep]
+                                           [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from typing import Any
 import gguf
 import numpy as np
 
-PRESET = "lfm2.5-350m"
+PRESETS = ("lfm2.5-350m", "lfm2-moe-mid")  # the dense row and the MoE row
+PRESET = PRESETS[0]  # the checkpoint the other benchmarks (common.py) share
 LLAMA_CPP_PYTHON = "0.3.36"
 SDIST_ROOT = f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
 VENDOR = "vendor/llama.cpp"
@@ -93,6 +97,8 @@ class Comparison:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=PRESETS, default=PRESETS[0],
+                    help="checkpoint to convert: the dense 350M or the mid-size MoE (default: lfm2.5-350m)")
     ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "out",
                     help="checkpoint, llama.cpp sources, outputs and logs (default: benchmarks/out)")
     ap.add_argument("--reps", type=int, default=3, help="timed conversions per tool (default: 3)")
@@ -105,19 +111,19 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def ensure_checkpoint(workdir: Path) -> Path:
+def ensure_checkpoint(workdir: Path, preset: str = PRESET) -> Path:
     """The synthetic checkpoint, written once; a marker file says a previous synth finished."""
-    ckpt = workdir / "ckpt"
+    ckpt = workdir / ("ckpt" if preset == PRESETS[0] else f"ckpt-{preset}")
     marker = ckpt / ".benchmark-complete"
     if marker.exists():
         print(f"reusing checkpoint {ckpt}")
         return ckpt
-    print(f"synthesizing {PRESET} into {ckpt} ...", flush=True)
+    print(f"synthesizing {preset} into {ckpt} ...", flush=True)
     # in a child: synth's buffers would otherwise raise this process's peak RSS, which every later child
     # inherits as its ru_maxrss floor (see run_once)
     code = "import sys, lfmq; lfmq.synth(sys.argv[1], sys.argv[2], force=True)"
-    subprocess.run([sys.executable, "-c", code, PRESET, str(ckpt)], check=True)
-    marker.write_text(f"lfmq.synth({PRESET!r}) finished\n")
+    subprocess.run([sys.executable, "-c", code, preset, str(ckpt)], check=True)
+    marker.write_text(f"lfmq.synth({preset!r}) finished\n")
     return ckpt
 
 
@@ -212,7 +218,7 @@ def benchmark(cmds: dict[str, tuple[list[str], dict[str, str], Path]], workdir: 
     return runs
 
 
-def summarize(runs: list[Run]) -> dict[str, Any]:
+def summarize(runs: list[Run], preset: str) -> dict[str, Any]:
     """Medians per tool and the lfmq/llama.cpp ratios against the targets."""
     med = {
         tool: {
@@ -228,7 +234,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "rss": med["lfmq"]["peak_rss_mb"] / med["llama.cpp"]["peak_rss_mb"],
         "cpu": med["lfmq"]["cpu_seconds"] / med["llama.cpp"]["cpu_seconds"],
     }
-    return {"preset": PRESET, "outtype": "f16", "median": med, "ratio": ratio, "targets": TARGETS,
+    return {"preset": preset, "outtype": "f16", "median": med, "ratio": ratio, "targets": TARGETS,
             "meets_targets": {k: ratio[k] <= TARGETS[k] for k in TARGETS}}
 
 
@@ -315,12 +321,12 @@ def main() -> int:
     args = parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt = ensure_checkpoint(workdir)
+    ckpt = ensure_checkpoint(workdir, args.preset)
     tree = ensure_llama_cpp(workdir)
     cmds = commands(workdir, ckpt, tree)
     warm_page_cache(ckpt, tree)
-    print(f"converting {PRESET} to f16, {args.warmup} warm-up + {args.reps} timed runs per tool, alternating:")
-    summary = summarize(benchmark(cmds, workdir, args.reps, args.warmup))
+    print(f"converting {args.preset} to f16, {args.warmup} warm-up + {args.reps} timed runs per tool, alternating:")
+    summary = summarize(benchmark(cmds, workdir, args.reps, args.warmup), args.preset)
     summary["harness_peak_rss_mb"] = own_peak_mb()  # the floor under every child's ru_maxrss
     print_table(summary)
     cmp = compare_files(cmds["llama.cpp"][2], cmds["lfmq"][2])
