@@ -87,6 +87,18 @@ def test_x86_args_native_minus_amx_and_profile_isa() -> None:
     assert any(a.startswith("-DCMAKE_C_FLAGS=-march=znver4") for a in zen)
 
 
+def test_a_gcc_without_the_profiles_march_takes_its_fallback(tmp_path: Path) -> None:
+    from lfmq.devices.toolchain import resolve_march
+
+    gcc = tmp_path / "gcc"  # a gcc 12.2: knows x86-64-v4, not znver4
+    gcc.write_text('#!/bin/sh\ncase "$1" in -march=znver4) echo "bad value for -march" >&2; exit 1;; esac\nexit 0\n')
+    gcc.chmod(0o755)
+    spec = build_spec(get_profile("ryzen-ai-9-hx-370"))
+    assert resolve_march(spec, _tc("gcc", str(gcc))).march == "x86-64-v4"
+    gcc.write_text("#!/bin/sh\nexit 0\n")
+    assert resolve_march(spec, _tc("gcc", str(gcc))).march == "znver4"
+
+
 def test_ndk_route_cmake_arguments_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """NDK route, CMake arguments only: no Android NDK is installable here, so no NDK build ran."""
     ndk = tmp_path / "android-ndk-r27c"

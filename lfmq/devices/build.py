@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterator
 from lfmq.devices.cpu_features import explain_sigill  # noqa: F401  (the transports look it up here)
 from lfmq.devices.llama_src import LlamaSource, cache_root, llama_source
 from lfmq.devices.profiles import BuildSpec, build_spec, get_profile
-from lfmq.devices.toolchain import Toolchain, cmake_args, find_toolchain, target_triple, write_zig_wrappers
+from lfmq.devices.toolchain import (Toolchain, cmake_args, find_toolchain, resolve_march, target_triple,
+                                    write_zig_wrappers)
 from lfmq.errors import BuildError, OutputExistsError
-from lfmq.llama.settings import BINDING_VERSION
 
 Progress = Callable[[int, int], None]   # (steps done, steps total) of the compile
 RUNNER = "lfmq-run"
@@ -59,6 +59,7 @@ def build(profile: str, out: str | Path | None = None, *, force: bool = False, j
     spec = build_spec(get_profile(profile))
     dest = _check_out(out, force)
     tc = find_toolchain(spec, toolchain)
+    spec = resolve_march(spec, tc)
     src = llama_source()
     key, key_parts = cache_key(spec, tc, src, llama_bench)
     bundle = cache_root() / "builds" / f"{spec.profile}-{key}"
@@ -131,7 +132,17 @@ def _compile(spec: BuildSpec, tc: Toolchain, src: LlamaSource, bundle: Path, wor
     env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(cache_root() / "zig"),
            "ZIG_LOCAL_CACHE_DIR": str(work / "zig-local")}
     wrappers = write_zig_wrappers(work / "bin", tc.path, spec.target) if tc.name == "zig" else None
-    native = Path(str(resources.files("lfmq.devices").joinpath("native")))
+    # the runner's sources copied beside the tree: CMake refuses a kept build tree whose source folder moved (a
+    # second checkout, CI's clone)
+    native = work / "runner"
+    native.mkdir(parents=True, exist_ok=True)
+    for name, data in runner_sources().items():
+        if not (native / name).is_file() or (native / name).read_bytes() != data:
+            (native / name).write_bytes(data)
+    cache = work / "build" / "CMakeCache.txt"
+    if cache.is_file() and f"CMAKE_HOME_DIRECTORY:INTERNAL={native}\n" not in cache.read_text(errors="replace"):
+        cache.unlink()  # configured from elsewhere: configure again, the objects stay
+        shutil.rmtree(work / "build" / "CMakeFiles", ignore_errors=True)
     args = cmake_args(spec, tc, wrappers)
     configure = [tc.cmake, "-S", str(native), "-B", str(work / "build"), f"-DLLAMA_SRC={src.path}",
                  f"-DLFMQ_LLAMA_BENCH={'ON' if llama_bench else 'OFF'}", *args]

@@ -153,6 +153,7 @@ class BuildSpec:
     toolchain: str               # zig (cross, from PyPI) or gcc (this machine's)
     cpu: str = ""                # zig's CPU spelling (zig reads -march/-mcpu as CPU names)
     march: str = ""              # gcc/clang's -march (gcc builds, Debian's aarch64 gcc, the NDK route)
+    march_fallback: str = ""     # for a compiler that does not know march (gcc 12.2 and znver4)
     qemu_cpu: str | None = None  # qemu-user's -cpu for this build
     requires: tuple[str, ...] = ()  # /proc/cpuinfo flags
     cflags: tuple[str, ...] = ()
@@ -186,8 +187,9 @@ def build_spec(p: Profile) -> BuildSpec:
     clash = sorted({table.get(f, f) for f in requires} & set(p.cpu.get("lacks", [])))
     if clash:
         raise InputError(f"{where} requires {', '.join(clash)}, which the device lacks (cpu.lacks)")
-    return BuildSpec(p.name, p.arch, b["target"], toolchain, b.get("cpu", ""), b.get("march", ""), b.get("qemu_cpu"),
-                     requires, tuple(b.get("cflags", [])), b.get("android_abi"), b.get("android_platform"))
+    return BuildSpec(p.name, p.arch, b["target"], toolchain, b.get("cpu", ""), b.get("march", ""),
+                     b.get("march_fallback", ""), b.get("qemu_cpu"), requires, tuple(b.get("cflags", [])),
+                     b.get("android_abi"), b.get("android_platform"))
 
 
 def get_profile(name: str) -> Profile:

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lfmq.devices.profiles import BuildSpec
@@ -93,6 +93,17 @@ def _ndk(cmake: str, cmake_version: str, generator: str, spec: BuildSpec) -> Too
     return Toolchain("ndk", m.group(1) if m else "unknown", ndk, cmake, cmake_version, generator)
 
 
+def resolve_march(spec: BuildSpec, tc: Toolchain) -> BuildSpec:
+    """The spec with a -march this gcc accepts: the profile's march_fallback when gcc does not know march."""
+    if tc.name != "gcc" or spec.march == "native" or not spec.march_fallback:
+        return spec
+    probe = subprocess.run([tc.path, f"-march={spec.march}", "-x", "c", "-E", "-"], input="", capture_output=True,
+                           text=True)
+    if probe.returncode == 0:
+        return spec
+    return replace(spec, march=spec.march_fallback)
+
+
 def cmake_args(spec: BuildSpec, tc: Toolchain, wrappers: Path | None = None) -> list[str]:
     """Configure arguments for one spec and toolchain (wrappers: the folder holding the zig cc/c++/ar scripts)."""
     args = [*COMMON, f"-G{tc.generator}"]
@@ -116,7 +127,7 @@ def cmake_args(spec: BuildSpec, tc: Toolchain, wrappers: Path | None = None) -> 
         if spec.march == "native":
             args += ["-DGGML_NATIVE=ON"]
         else:  # the profile's ISA: -march for the compiler, ggml's options so its kernels and report agree
-            flags = f"-march={spec.march} -mtune={spec.march} {flags}".strip()
+            flags = f"-march={spec.march} {flags}".strip()
             args += ["-DGGML_NATIVE=OFF",
                      *sorted({f"-D{GGML_X86[f]}=ON" for f in spec.requires if f in GGML_X86})]
         if flags:
