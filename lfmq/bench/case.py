@@ -66,10 +66,11 @@ class Case:
     seed: int = 42
 
 
-def memory_status() -> dict[str, float]:
-    """VmHWM, VmRSS, RssAnon, RssFile of this process in MB."""
+def memory_status(status: str | None = None) -> dict[str, float]:
+    """VmHWM, VmRSS, RssAnon, RssFile in MB, from a /proc/<pid>/status text (this process's by default)."""
     out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    text = Path("/proc/self/status").read_text() if status is None else status
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) / 1024
