@@ -222,6 +222,9 @@ def from_data(tp: Any, data: Any, where: str) -> Any:
         return _from_dataclass(tp, data, where)
     if origin in (list, tuple):
         _expect(isinstance(data, list), where, "a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[str, float]: one type per position
+            _expect(len(data) == len(args), where, f"a list of {len(args)}")
+            return tuple(from_data(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
         items = [from_data(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)]
         return items if origin is list else tuple(items)
     if origin is dict:
