@@ -20,21 +20,29 @@ def convert(
                                                                           "here).")] = None,
     outtype: Annotated[str, typer.Option(help="auto (keep the checkpoint's precision), f32, f16, bf16 or q8_0.")] = "auto",
     revision: Annotated[Optional[str], typer.Option(help="Hub branch, tag or commit.")] = None,
+    lora: Annotated[Optional[Path], typer.Option("--lora", help="PEFT LoRA adapter folder to merge into the "
+                                                              "weights while converting.")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="With SRC a PEFT LoRA adapter: the base checkpoint "
+                                                               "it was trained on.")] = None,
+    lora_out: Annotated[bool, typer.Option("--lora-out", help="With --base: write a GGUF LoRA adapter (for --lora "
+                                                              "at run time) instead of a merged model.")] = False,
     force: Force = False,
     json: Json = False,
 ) -> None:
-    """Convert an LFM2 / LFM2.5 Hugging Face checkpoint to GGUF."""
+    """Convert an LFM2 / LFM2.5 Hugging Face checkpoint (or a LoRA adapter for one) to GGUF."""
     from lfmq import ui
     from lfmq.convert import convert as run
 
     with ui.progress_bar("converting") as progress:
-        result = run(src, output, outtype=outtype, revision=revision, force=force, progress=progress)
+        result = run(src, output, outtype=outtype, revision=revision, force=force, progress=progress, lora=lora,
+                     base=base, lora_out=lora_out)
     ui.print_json(result) if json else ui.show_convert(result)
 
 
 @app.command()
 def synth(
-    preset: Annotated[str, typer.Argument(help="lfm2.5-350m, lfm2-700m, lfm2.5-1.2b, lfm2-2.6b or tiny.",
+    preset: Annotated[str, typer.Argument(help="lfm2.5-350m, lfm2-700m, lfm2.5-1.2b, lfm2-2.6b, tiny, lfm2-8b-a1b, "
+                                               "lfm2-moe-mid or tiny-moe.",
                                           show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write the checkpoint into.",
                                          show_default=False)],

@@ -39,3 +39,6 @@ Tools = Annotated[Optional[Path], typer.Option("--tools", help="JSON file: a lis
                                                               "definitions.")]
 ToolChoice = Annotated[str, typer.Option("--tool-choice", help="auto, required (force a call) or none.")]
 System = Annotated[Optional[str], typer.Option("--system", help="System prompt.")]
+Lora = Annotated[Optional[list[Path]], typer.Option("--lora", help="GGUF LoRA adapter to apply at run time (repeat "
+                                                             "for several); `lfmq convert ADAPTER --base BASE "
+                                                             "--lora-out` makes one.")]

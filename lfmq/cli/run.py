@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from lfmq.cli.app import Interrupted, app
-from lfmq.cli.options import (Force, GGUFPath, IgnoreEos, Json, MaxTokens, NCtx, Profile, RepeatPenalty, Seed, System,
-                              Temperature, ToolChoice, Tools, TopK, TopP, Threads)
+from lfmq.cli.options import (Force, GGUFPath, IgnoreEos, Json, Lora, MaxTokens, NCtx, Profile, RepeatPenalty, Seed,
+                              System, Temperature, ToolChoice, Tools, TopK, TopP, Threads)
 
 if TYPE_CHECKING:
     from lfmq.runtime.model import Model
 
 
-def open_model(path: Path, profile: str | None, n_ctx: int | None, threads: int | None) -> Model:
+def open_model(path: Path, profile: str | None, n_ctx: int | None, threads: int | None,
+               lora: list[Path] | None = None) -> Model:
     """load() for the runtime commands, then one line about the model (and its random-weights label) on stderr."""
     from lfmq import ui
     from lfmq.runtime.model import load
 
-    m = load(path, profile=profile, n_ctx=n_ctx, threads=threads)
+    m = load(path, profile=profile, n_ctx=n_ctx, threads=threads, lora=lora)
     ui.show_model(m)
     return m
 
@@ -46,6 +47,7 @@ def generate(
     profile: Profile = None,
     n_ctx: NCtx = None,
     threads: Threads = None,
+    lora: Lora = None,
     json: Json = False,
 ) -> None:
     """Answer one prompt (for scripts): streams the text, or prints text, tool calls and stats as JSON."""
@@ -59,7 +61,7 @@ def generate(
         raise UsageError("--raw sends the prompt without the chat template: drop --tools and --system, or --raw")
     text = sys.stdin.read() if prompt == "-" else prompt
     tool_defs = load_tools(tools) if tools else None
-    m = open_model(model, profile, n_ctx, threads)
+    m = open_model(model, profile, n_ctx, threads, lora)
     knobs = dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
                  repeat_penalty=repeat_penalty, seed=seed)
     if raw:
@@ -87,6 +89,7 @@ def chat(
     profile: Profile = None,
     n_ctx: NCtx = None,
     threads: Threads = None,
+    lora: Lora = None,
 ) -> None:
     """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /stats, /exit."""
     from lfmq.cli import repl
@@ -94,7 +97,7 @@ def chat(
     from lfmq.runtime.tools import load_tools
 
     tool_defs = load_tools(tools) if tools else None
-    m = open_model(model, profile, n_ctx, threads)
+    m = open_model(model, profile, n_ctx, threads, lora)
     session = Chat(m, system=system, tools=tool_defs, tool_choice=tool_choice, max_tokens=max_tokens,
                    ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
                    repeat_penalty=repeat_penalty, seed=seed)
@@ -118,6 +121,7 @@ def extract(
     profile: Profile = None,
     n_ctx: NCtx = None,
     threads: Threads = None,
+    lora: Lora = None,
     force: Force = False,
 ) -> None:
     """Extract JSON that validates against a schema from each input: one JSON line per input, with its source."""
@@ -126,7 +130,7 @@ def extract(
 
     try:
         with ui.progress_bar("extracting", bytes_unit=False) as progress:
-            summary = extract_files(lambda: open_model(model, profile, n_ctx, threads), inputs, schema, output,
+            summary = extract_files(lambda: open_model(model, profile, n_ctx, threads, lora), inputs, schema, output,
                                     lines=lines, force=force, system=system, max_tokens=max_tokens,
                                     temperature=temperature, seed=seed, progress=progress)
     except ExtractionInterrupted as e:
