@@ -35,6 +35,7 @@ class GGUFInfo:
     chat_template: bool
     synthetic: bool
     provenance: dict[str, str] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)  # a LoRA merged into the weights, or this file's LoRA
 
 
 def open_gguf(path: str | Path) -> gguf.GGUFReader:
@@ -71,8 +72,24 @@ def _hparams(meta: ModelMeta) -> dict[str, Any]:
         "block_count": meta.n_layer or None, "vocab_size": meta.n_vocab, "head_count": meta.n_head,
         "rms_epsilon": meta.rms_eps, "rope_freq_base": meta.rope_freq_base, "shortconv_l_cache": meta.l_cache,
         "head_count_kv": meta.n_head_kv,
+        "expert_count": meta.expert_count, "expert_used_count": meta.expert_used_count,
+        "expert_feed_forward_length": meta.n_ff_expert, "leading_dense_block_count": meta.leading_dense_blocks,
     }
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _adapter(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """A GGUF LoRA adapter's facts (alpha, matrices, ranks, the base lfmq checked it against), or the adapter merged
+    into a model's weights."""
+    from lfmq.convert.writer import KEY_LFMQ_LORA, KEY_LFMQ_LORA_BASE
+
+    if field_value(reader, K.General.TYPE) != "adapter":
+        merged = field_value(reader, KEY_LFMQ_LORA)
+        return {"merged": merged} if merged else {}
+    b = [t for t in reader.tensors if t.name.endswith(".lora_b")]
+    return {"type": field_value(reader, K.Adapter.TYPE), "alpha": field_value(reader, K.Adapter.LORA_ALPHA),
+            "matrices": len(b), "ranks": sorted({int(t.shape[0]) for t in b}),
+            "base": field_value(reader, KEY_LFMQ_LORA_BASE)}
 
 
 def _tokenizer(reader: gguf.GGUFReader) -> dict[str, Any]:
@@ -116,4 +133,5 @@ def inspect(path: str | Path) -> GGUFInfo:
         chat_template=meta.chat_template,
         synthetic=meta.synthetic,
         provenance=meta.provenance,
+        adapter=_adapter(reader),
     )

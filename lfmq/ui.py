@@ -98,6 +98,17 @@ def show_inspect(info: Any) -> None:
     ]
     if info.synthetic:
         rows.append(("weights", "[yellow]RANDOM (lfmq synthetic checkpoint)[/]"))
+    lora = info.adapter
+    if lora.get("merged"):
+        rows.append(("adapter", f"LoRA {lora['merged']} merged into the weights"))
+    if lora.get("type"):  # a GGUF LoRA adapter: no layers, hparams or tokenizer of its own
+        ranks = "/".join(map(str, lora["ranks"]))
+        rows.append(("adapter", f"{lora['type']} for {lora.get('base') or '?'}: {lora['matrices']} matrices, rank "
+                                f"{ranks}, alpha {lora['alpha']:g}"))
+        rows.append(("tensors", f"{info.tensors} ({info.parameters:,} parameters): "
+                                + ", ".join(f"{k} {v}" for k, v in info.types.items())))
+        _rows(rows + [(k, str(v)) for k, v in info.provenance.items()])
+        return
     rows += [
         ("layers", f"{len(info.layers)} blocks: {len(conv)} conv {conv}, {len(attn)} attention {attn}"),
         ("hparams", ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.hparams.items())),
