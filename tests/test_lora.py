@@ -291,3 +291,50 @@ def test_a_renamed_base_gets_a_warning(tiny_adapter, tmp_path):
     r = lfmq.convert(base, tmp_path / "m.gguf", lora=bad)
     assert ("adapter_config.json says the adapter was trained on LiquidAI/LFM2.5-1.2B, and it is applied to base: the "
             "shapes fit, but check that this is the base you mean") in r.warnings
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+def test_cli_merge_write_inspect_and_apply(tiny_adapter, tmp_path):
+    from conftest import run_cli
+
+    base, adapter = tiny_adapter
+    merged, plain, out = tmp_path / "merged.gguf", tmp_path / "base.gguf", tmp_path / "adapter.gguf"
+    for args in (["convert", str(base), "--lora", str(adapter), "-o", str(merged), "--outtype", "f32"],
+                 ["convert", str(base), "-o", str(plain), "--outtype", "f32"],
+                 ["convert", str(adapter), "--base", str(base), "--lora-out", "-o", str(out)]):
+        r = run_cli(*args)
+        assert r.returncode == 0, r.stderr
+    r = run_cli("inspect", str(out))
+    assert "adapter       lora for base: 24 matrices, rank 4, alpha 8\n" in r.stdout
+    assert "LoRA adapter merged into the weights" in run_cli("inspect", str(merged)).stdout
+    replies = [json.loads(run_cli("generate", str(m), "-p", "Hello", "--max-tokens", "8", "--temperature", "0",
+                                  "--json", *extra).stdout)["text"]
+               for m, extra in ((merged, ()), (plain, ("--lora", str(out))))]
+    assert replies[0] == replies[1]
+
+
+def test_cli_bad_adapter_is_one_line(tiny_adapter, tmp_path):
+    from conftest import run_cli
+
+    base, adapter = tiny_adapter
+    bad = _copy(adapter, tmp_path)
+    _edit_adapter(bad, lambda c: c.update(r=8))
+    r = run_cli("convert", str(base), "--lora", str(bad), "-o", str(tmp_path / "m.gguf"))
+    assert r.returncode == 1
+    assert r.stderr == ("error: rank mismatch: model.layers.0.conv.in_proj has lora_A [4, 64] and lora_B [192, 4], but "
+                        "adapter_config.json gives it rank 8: the adapter files do not belong together\n")
+    r = run_cli("generate", str(tmp_path / "none.gguf"), "-p", "x", "--lora", str(tmp_path / "none-lora.gguf"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+
+
+def test_cli_bench_with_an_adapter(tiny_adapter, tmp_path):
+    from conftest import run_cli
+
+    base, adapter = tiny_adapter
+    model = lfmq.convert(base, tmp_path / "base.gguf", outtype="f16").path
+    out = lfmq.convert(adapter, tmp_path / "a.gguf", base=base, lora_out=True).path
+    r = run_cli("bench", str(model), "--lora", str(out), "-p", "16", "-n", "4", "-r", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["profile"]["runtime"]["lora"] == [[str(out), 1.0]]
