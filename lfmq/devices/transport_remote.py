@@ -91,7 +91,7 @@ class RemoteDevice(Device):
     def describe(self) -> DeviceInfo:
         w = q(self.work_dir)
         parts = [f"mkdir -p {w}", "uname -m", "cat /proc/cpuinfo", "cat /proc/meminfo", f"df -Pk {w}",
-                 *(f"{cmd} 2>/dev/null" for cmd in self.extra_commands.values())]
+                 *(f"{{ {cmd}; }} 2>/dev/null || true" for cmd in self.extra_commands.values())]
         out = self.sh(f"; echo {SEP}; ".join(parts), "reading what the device is").split(SEP)
         _, arch, cpuinfo, meminfo, df, *extra = (s.strip() for s in out)
         cpu = parse_cpuinfo(cpuinfo, arch)
@@ -116,9 +116,9 @@ class RemoteDevice(Device):
         shas = [(s if s else sha256_file(p)) for p, s in zip(paths, sha256s or [None] * len(paths))]
         remotes = [self.remote_path(s, p.name) for p, s in zip(paths, shas)]
         test = " ".join(q(r) for r in remotes)
-        have = set(self.sh(f'for f in {test}; do [ -f "$f" ] && echo "$f"; done; true',
-                           "looking for files already there").splitlines())
-        todo = {r: p for p, r in zip(paths, remotes) if r not in have}
+        have = self.sh(f'i=0; for f in {test}; do [ -f "$f" ] && echo $i; i=$((i+1)); done; true',
+                       "looking for files already there").split()
+        todo = {r: p for i, (p, r) in enumerate(zip(paths, remotes)) if str(i) not in have}
         if todo:
             need = sum(p.stat().st_size for p in todo.values())
             free = self.free_bytes()
