@@ -27,7 +27,7 @@ def test_describe_is_the_profile_emulated():
     assert parse_device("qemu:snapdragon-8-elite").cpu == "max"
 
 
-@pytest.mark.parametrize("uri", ["qemu:ryzen-ai-max-395", "qemu:nope"])
+@pytest.mark.parametrize("uri", ["qemu:ryzen-ai-max-395", "qemu:host", "qemu:nope"])
 def test_qemu_needs_an_aarch64_profile(uri):
     with pytest.raises(UsageError):
         parse_device(uri)
@@ -64,3 +64,33 @@ def test_check_fits(available, predicted, fits):
         check_fits(available, predicted, "ssh://pi")
     assert str(e.value) == ("the model does not fit in ssh://pi's memory: it needs about 719 MiB, 512 MiB are "
                             "available; pick a smaller quantization or context, or close programs on the device")
+
+
+# ---------------------------------------------------------------------------------------------- the real bundles
+
+@pytest.fixture(scope="module")
+def arm_bundles():
+    """The Pi 5 and Snapdragon bundles (cached in ~/.cache/lfmq/builds: tests/test_build.py builds them first)."""
+    from lfmq.devices.build import build
+
+    return {name: build(name) for name in ("rpi5", "snapdragon-8-elite")}
+
+
+def test_real_runner_under_qemu(arm_bundles, small_f16):
+    dev = parse_device("qemu:rpi5")
+    runner = dev.ensure_bundle(arm_bundles["rpi5"])["lfmq-run"]
+    assert runner == str(arm_bundles["rpi5"].runner)   # nothing is copied on this machine
+    tokens = []
+    events = dev.run_json([runner, "generate", "-m", dev.ensure(small_f16), "--tokens", "1,6,1500,220", "-n", "3",
+                           "-t", "2", "-c", "256", "--ignore-eos"], on_event=lambda e: tokens.append(e.get("id")))
+    assert events[-1]["event"] == "done" and tokens[:3] == events[-1]["tokens"]
+
+
+def test_phone_build_on_the_pi_cpu_names_the_missing_features(arm_bundles, small_f16):
+    dev = parse_device("qemu:rpi5")
+    runner = dev.ensure_bundle(arm_bundles["snapdragon-8-elite"])["lfmq-run"]
+    with pytest.raises(DeviceError) as e:
+        dev.run([runner, "generate", "-m", str(small_f16), "--tokens", "1,6", "-n", "2", "-t", "2", "-c", "256"])
+    assert str(e.value) == ("lfmq-run died with SIGILL (illegal instruction) on qemu:rpi5: the snapdragon-8-elite "
+                            "build needs i8mm, bf16, which qemu's cortex-a76 lacks; build for a profile that fits: "
+                            "lfmq build rpi5")

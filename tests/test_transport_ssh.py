@@ -223,3 +223,56 @@ def test_cleanup_stops_the_master_connection(sshd, tmp_path):
     assert dev.master_pid() is None and not os.path.exists(control)
     assert wait_gone(control) == []
     dev.cleanup()   # twice is harmless
+
+
+# ---------------------------------------------------------------------------------------------- the real bundle
+
+@pytest.fixture(scope="module")
+def host_bundle():
+    """The host profile's bundle with the real lfmq-run (cached in ~/.cache/lfmq/builds; minutes the first time)."""
+    from lfmq.devices.build import build
+
+    return build("host")
+
+
+def test_real_runner_over_ssh(device, host_bundle, small_f16):
+    """The host bundle pushed over SSH decodes exactly what the same bundle decodes locally; the memory check runs
+    before the model is pushed; a second push of bundle and model sends nothing."""
+    from lfmq.devices.predict import memory_budget, model_shape
+    from lfmq.devices.transport import check_fits
+
+    paths = device.ensure_bundle(host_bundle)
+    assert list(paths) == list(host_bundle.manifest["files"]) and device.manifest == host_bundle.manifest
+    budget = memory_budget(model_shape(small_f16), n_ctx=256, n_ubatch=256)
+    check_fits(device.describe().mem_available_bytes, int(budget.total_mb * 2**20), device.uri)
+    model = device.ensure(small_f16)
+    args = ["--tokens", "1,6,1500,220,17", "-n", "6", "-t", "2", "-c", "256", "--ignore-eos"]
+    streamed = []
+    events = device.run_json([paths["lfmq-run"], "generate", "-m", model, *args], on_event=streamed.append)
+    here = LocalDevice().run_json([str(host_bundle.runner), "generate", "-m", str(small_f16), *args])
+    assert streamed == events and events[-1]["event"] == "done" and len(events[-1]["tokens"]) == 6
+    assert events[-1]["tokens"] == here[-1]["tokens"] == [e["id"] for e in events[:-1]]
+    (bench,) = device.run_json([paths["lfmq-run"], "bench", "-m", model, "-p", "16", "-n", "4", "-r", "1", "-t", "2",
+                                "-c", "256"])
+    assert {"samples_ns", "load_ms", "ttft_ms", "settings", "vmhwm", "system_info", "runner"} <= set(bench)
+    pushed = list(device.pushed)
+    device.ensure_bundle(host_bundle)
+    device.ensure(small_f16)
+    assert device.pushed == pushed
+
+
+def test_real_runner_error_and_interrupt_over_ssh(device, host_bundle, small_f16, tmp_path):
+    runner = device.ensure_bundle(host_bundle)["lfmq-run"]
+    with pytest.raises(DeviceError, match=rf"^lfmq-run failed on ssh://{ALIAS} \(exit 1\): ") as e:
+        device.run_json([runner, "generate", "-m", str(tmp_path / "missing.gguf"), "--tokens", "1", "-n", "1"])
+    assert "\n" not in str(e.value)
+    model = device.ensure(small_f16)
+
+    def first_token(event):   # Ctrl-C as its handler raises it: in the main thread, mid-stream
+        if event.get("event") == "token":
+            raise KeyboardInterrupt
+
+    with pytest.raises(DeviceError, match=rf"^interrupted: stopped lfmq-run on ssh://{ALIAS}$"):
+        device.run_json([runner, "generate", "-m", model, "--tokens", "1,6,1500", "-n", "3000", "-t", "2", "-c",
+                         "4096", "--ignore-eos"], on_event=first_token)
+    assert wait_gone(model) == []

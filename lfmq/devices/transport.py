@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lfmq.devices.profiles import ARM_FLAGS, X86_FLAGS, builtin_profiles
+from lfmq.devices.cpu_features import explain_sigill, fitting_profiles, is_sigill
+from lfmq.devices.profiles import ARM_FLAGS, X86_FLAGS
 from lfmq.errors import DeviceError, UsageError
 
 LineCallback = Callable[[str], None]
@@ -65,6 +66,8 @@ class Device:
     kind: str = "local"
     emulated: bool = False
     profile: str | None = None   # the profile whose build this device needs, when the URI says (qemu:PROFILE)
+    manifest: dict[str, Any] | None = None   # the build being run (set by ensure_bundle): names a SIGILL's cause
+    last_stderr: list[str] = []              # the tail of the last run's stderr (llama.cpp logs there)
 
     def describe(self) -> DeviceInfo:
         raise NotImplementedError
@@ -76,6 +79,28 @@ class Device:
     def ensure_all(self, files: Sequence[str | Path], sha256s: Sequence[str | None] | None = None,
                    progress: Progress | None = None) -> list[str]:
         raise NotImplementedError
+
+    def ensure_bundle(self, bundle: Any, progress: Progress | None = None) -> dict[str, str]:
+        """Every file of a build bundle (a BuildResult or its folder) on the device: {file name: path there}. The
+        files must match the sha256s of the bundle's manifest, which this Device then keeps to explain a SIGILL."""
+        import json
+
+        folder = Path(getattr(bundle, "bundle", bundle))
+        manifest = getattr(bundle, "manifest", None)
+        if manifest is None:
+            try:
+                manifest = json.loads((folder / "manifest.json").read_text())
+            except (OSError, ValueError):
+                raise DeviceError(f"{folder} is not a build bundle (no readable manifest.json): run lfmq build"
+                                  ) from None
+        files = manifest.get("files", {})
+        for name, meta in files.items():
+            if not (folder / name).is_file() or sha256_file(folder / name) != meta.get("sha256"):
+                raise DeviceError(f"{folder / name} does not match its bundle's manifest: rebuild with "
+                                  f"lfmq build {manifest.get('profile', 'PROFILE')} --force")
+        paths = self.ensure_all([folder / n for n in files], [m["sha256"] for m in files.values()], progress)
+        self.manifest = manifest
+        return dict(zip(files, paths))
 
     def run(self, argv: Sequence[str], on_line: LineCallback | None = None) -> tuple[int, list[str]]:
         """Run argv on the device, streaming its stdout lines to on_line; returns (exit code, lines). A SIGILL, a lost
@@ -106,8 +131,6 @@ class Device:
             why = err.get("message") if err else (self.last_stderr[-1] if self.last_stderr else "no message")
             raise DeviceError(f"{Path(argv[0]).name} failed on {self.uri} (exit {rc}): {why}")
         return events
-
-    last_stderr: list[str] = []
 
     def cleanup(self) -> None:
         """Stop what this Device started (connections, servers). The pushed cache stays: it is what makes the
@@ -156,30 +179,19 @@ def check_fits(device_mem_available_bytes: int, predicted_bytes: int, device: st
 
 
 def match_profile(info: DeviceInfo) -> str | None:
-    """The most capable built-in profile of the device's architecture whose CPU features the device all has."""
-    have = set(info.features)
-    fits = [p for p in builtin_profiles().values() if p.arch == info.arch and p.features <= have]
-    return max(fits, key=lambda p: (len(p.features), p.name)).name if fits else None
+    """The most demanding built-in profile whose build the device's CPU can run (by its /proc/cpuinfo flags)."""
+    fits = fitting_profiles(info.flags, info.arch)
+    return fits[0] if fits else None
 
 
 def sigill_error(program: str, device: Device) -> DeviceError:
-    """A SIGILL as one line: the build engineer's explanation when lfmq.devices.build offers one, else a generic
-    hint."""
-    why = SIGILL_HINT
+    """A SIGILL as one line: which features the build needs that the CPU lacks and which profile fits, when the
+    build (device.manifest, or the profile's cached build) is known; else a generic hint."""
     try:
-        from lfmq.devices import build  # noqa: PLC0415  (built beside this module; optional until it lands)
-
-        explain = getattr(build, "explain_sigill", None)
-        if explain is not None:
-            why = explain(device) or why
+        why = explain_sigill(device, device.manifest) or SIGILL_HINT
     except Exception:  # noqa: BLE001  (an explanation must never hide the error itself)
-        pass
+        why = SIGILL_HINT
     return DeviceError(f"{program} died with SIGILL (illegal instruction) on {device.uri}: {why}")
-
-
-def is_sigill(rc: int) -> bool:
-    """A process killed by SIGILL: -4 from Popen, 132 (128 + 4) through a shell."""
-    return rc in (-signal.SIGILL, 128 + signal.SIGILL)
 
 
 # ---------------------------------------------------------------------------------------------- shared parsing

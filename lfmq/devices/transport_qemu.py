@@ -5,20 +5,19 @@ figure (DeviceInfo.emulated is True)."""
 
 from __future__ import annotations
 
-import shutil
+import json
+from pathlib import Path
 from typing import Sequence
 
-from lfmq.devices.profiles import get_profile
+from lfmq.devices.cpu_features import qemu_features
+from lfmq.devices.profiles import ARM_FLAGS, get_profile
+from lfmq.devices.qemu import QEMU, qemu_binary, qemu_command
 from lfmq.devices.transport import DeviceInfo, LocalDevice
-from lfmq.errors import DeviceError, UsageError
-
-# qemu 7.2's CPU model per profile: the Pi 5's own core; no named model has i8mm, so the phone gets `max`
-QEMU_CPU = {"rpi5": "cortex-a76", "snapdragon-8-elite": "max"}
-QEMU = {"aarch64": "qemu-aarch64"}
+from lfmq.errors import UsageError
 
 
 class QemuDevice(LocalDevice):
-    """The profile's CPU emulated on this machine; files are used where they are."""
+    """The profile's CPU emulated on this machine (the profile's build.qemu_cpu); files are used where they are."""
 
     kind = "qemu"
     emulated = True
@@ -26,24 +25,29 @@ class QemuDevice(LocalDevice):
     def __init__(self, profile: str, cpu: str | None = None) -> None:
         super().__init__()
         p = get_profile(profile)
-        if p.arch not in QEMU:
-            raise UsageError(f"qemu:{profile}: qemu runs the builds of {', '.join(sorted(QEMU))} profiles, and "
-                             f"{profile} is {p.arch}: run it with --device local")
+        self.cpu = cpu or p.build.get("qemu_cpu")
+        if p.arch not in QEMU or not self.cpu:
+            raise UsageError(f"qemu:{profile}: {profile} is not a profile lfmq emulates (its build names no qemu CPU); "
+                             "qemu:rpi5 and qemu:snapdragon-8-elite are")
         self.profile = p.name
         self.uri = f"qemu:{p.name}"
-        self.cpu = cpu or p.build.get("qemu_cpu") or QEMU_CPU.get(p.name, "max")
-        self.qemu = QEMU[p.arch]
+        self.arch = p.arch
         self._profile = p
 
     def command(self, argv: Sequence[str]) -> list[str]:
-        if not shutil.which(self.qemu):
-            raise DeviceError(f"{self.qemu} is not installed: apt-get install qemu-user")
-        return [self.qemu, "-cpu", self.cpu, *argv]
+        program = Path(argv[0])
+        manifest = program.parent / "manifest.json"
+        if manifest.is_file():   # a bundle's program: the build engineer's command line, and its manifest
+            self.manifest = self.manifest or json.loads(manifest.read_text())
+            return qemu_command(program.parent, [program.name, *argv[1:]], self.cpu)
+        return [qemu_binary(self.arch), "-cpu", self.cpu, *argv]
 
     def describe(self) -> DeviceInfo:
         host = super().describe()
         p = self._profile
-        return DeviceInfo(self.uri, self.kind, p.arch, f"{p.cpu.get('model', p.title)} (emulated: {self.qemu} -cpu "
-                          f"{self.cpu} on {host.cpu_model})", host.cores, sorted(p.features), [],
+        flags = qemu_features(self.cpu)
+        return DeviceInfo(self.uri, self.kind, p.arch, f"{p.cpu.get('model', p.title)} (emulated: qemu -cpu "
+                          f"{self.cpu} on {host.cpu_model})", host.cores, sorted({ARM_FLAGS[f] for f in flags
+                                                                                   if f in ARM_FLAGS}), flags,
                           host.mem_total_bytes, host.mem_available_bytes, host.work_dir, host.free_bytes, True,
                           {"qemu_cpu": self.cpu, "host_arch": host.arch})

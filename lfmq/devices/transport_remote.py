@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from lfmq.devices.transport import (Device, DeviceInfo, LineCallback, Progress, _mib, is_sigill, kill_local,
-                                    parse_cpuinfo, parse_df, parse_meminfo, safe_name, sha256_file, sigill_error,
-                                    stream)
+from lfmq.devices.cpu_features import is_sigill
+from lfmq.devices.transport import (Device, DeviceInfo, LineCallback, Progress, _mib, kill_local, parse_cpuinfo,
+                                    parse_df, parse_meminfo, safe_name, sha256_file, sigill_error, stream)
 from lfmq.errors import DeviceError
 
 SEP = "@@lfmq@@"
