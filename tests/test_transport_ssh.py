@@ -152,6 +152,21 @@ def test_no_space_is_checked_before_pushing(device, tmp_path):
     assert not (tmp_path / "remote" / ("0" * 64)).exists()
 
 
+def test_interrupted_push_leaves_no_file(device, tmp_path):
+    model = tmp_path / "model.gguf"
+    model.write_bytes(os.urandom(4 << 20))
+
+    def ctrl_c(name, done, total):   # Ctrl-C as its handler raises it, after the first MiB went out
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(DeviceError, match=rf"^interrupted: the push of model\.gguf to ssh://{ALIAS} was stopped$"):
+        device.ensure(model, progress=ctrl_c)
+    folder = tmp_path / "remote" / sha256_file(model)
+    assert not list(folder.iterdir()) and device.pushed == []
+    assert device.ensure(model) == f"{folder}/model.gguf"   # and the next push completes
+
+
 def test_run_streams_lines(device, tmp_path):
     runner = device.ensure(write_runner(tmp_path))
     got = []

@@ -212,7 +212,9 @@ def parse_cpuinfo(text: str, arch: str) -> dict[str, Any]:
         elif key in ("model name", "model", "hardware", "cpu part") and key not in names:
             names[key] = value.strip()
     part = ARM_PARTS.get(names.get("cpu part", "").lower(), "")
-    model = names.get("model name") or " ".join(x for x in (names.get("model") or names.get("hardware"), part) if x)
+    board = names.get("hardware") or names.get("model", "")
+    board = "" if board.isdigit() else board   # x86's "model" is a number; Arm boards name themselves there
+    model = names.get("model name") or (f"{board} ({part})" if board and part else board or part)
     table = ARM_FLAGS if arch in ("aarch64", "arm64") else X86_FLAGS
     return {"cpu_model": model or arch, "cores": cores, "flags": flags,
             "features": sorted({table[f] for f in flags if f in table})}
