@@ -207,3 +207,39 @@ def _add_tensor(path, name: str, value: np.ndarray) -> None:
     head = json.dumps(header).encode()
     head += b" " * (-len(head) % 8)
     path.write_bytes(struct.pack("<Q", len(head)) + head + data + value.astype("<f4").tobytes())
+
+
+def test_imatrix_collects_each_expert_and_the_quantizer_uses_it(make_ckpt, tmp_path):
+    """MUL_MAT_ID products are counted per expert, as llama-imatrix does: every token adds its activations to the
+    experts it was routed to. Checked against the router's own input (the same activations, once per token), and
+    through llama.cpp's quantizer: changing one expert's entry changes that expert's quantized bytes only."""
+    from lfmq.quantize import quantize
+    from lfmq.quantize.imatrix import compute_imatrix
+    from lfmq.quantize.imatrix_file import read_imatrix, write_imatrix
+
+    f16 = lfmq.convert(make_ckpt("tiny-moe"), tmp_path / "f16.gguf", outtype="f16").path
+    result = compute_imatrix(f16, tmp_path / "imatrix.gguf", n_ctx=128, chunks=2)
+    im = read_imatrix(result.path)
+    top_k = 2
+    for layer in (1, 2, 3):  # the MoE blocks (block 0 is dense)
+        gate, router = f"blk.{layer}.ffn_gate_exps.weight", f"blk.{layer}.ffn_gate_inp.weight"
+        assert im.counts[gate].shape == (8,) and im.counts[gate].sum() == result.tokens * top_k
+        assert (im.counts[gate] > 0).sum() >= 2
+        np.testing.assert_allclose(im.sums[gate].sum(0), top_k * im.sums[router][0], rtol=1e-5)
+        np.testing.assert_array_equal(im.counts[f"blk.{layer}.ffn_down_exps.weight"], im.counts[gate])
+        assert im.sums[f"blk.{layer}.ffn_down_exps.weight"].shape == (8, 64)  # the expert width
+
+    def q4_0(imatrix_path, name):
+        out = quantize(f16, "Q4_0", tmp_path / name, imatrix=imatrix_path)[0].path
+        return {t.name: t.data for t in gguf.GGUFReader(out).tensors}
+
+    base = q4_0(result.path, "a")
+    gate = "blk.2.ffn_gate_exps.weight"
+    changed = im.sums[gate].copy()
+    changed[5] = changed[5][::-1]  # expert 5's column weights reversed
+    im.sums[gate] = changed
+    write_imatrix(im, tmp_path / "changed.gguf")
+    other = q4_0(tmp_path / "changed.gguf", "b")
+    a, b = np.asarray(base[gate]), np.asarray(other[gate])  # [n_expert, rows, blocks...]
+    differs = [not np.array_equal(a[e], b[e]) for e in range(8)]
+    assert differs == [e == 5 for e in range(8)]

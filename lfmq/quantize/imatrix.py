@@ -2,7 +2,8 @@
 
 For every matrix multiplication by a model weight (`blk.*`), the callback sees the input activations and adds,
 per input column, the sum of their squares and the number of rows: what llama-imatrix accumulates, written in
-the GGUF format it writes (`<tensor>.in_sum2`, `<tensor>.counts`)."""
+the GGUF format it writes (`<tensor>.in_sum2`, `<tensor>.counts`). A MoE's stacked experts are multiplied through
+MUL_MAT_ID: each token's activations count for the experts it was routed to, per expert, as llama-imatrix does."""
 
 from __future__ import annotations
 
@@ -52,12 +53,12 @@ def _weight_name(raw: bytes) -> str:
     return parts[1] if len(parts) > 1 else name
 
 
-def _activations(t: GGMLTensor) -> np.ndarray:
-    """A [ne3, ne2, ne1, ne0] float32 view of a host tensor's data, following its byte strides."""
+def _activations(t: GGMLTensor, dtype: type = np.float32) -> np.ndarray:
+    """A [ne3, ne2, ne1, ne0] view of a host tensor's data (float32, or int32 for expert ids), following its strides."""
     ne, nb = list(t.ne), list(t.nb)
     extent = sum((n - 1) * s for n, s in zip(ne, nb)) + nb[0]
     buf = (ctypes.c_char * extent).from_address(t.data)
-    return np.ndarray(shape=ne[::-1], dtype=np.float32, buffer=buf, strides=nb[::-1])
+    return np.ndarray(shape=ne[::-1], dtype=dtype, buffer=buf, strides=nb[::-1])
 
 
 class Collector:
@@ -71,6 +72,8 @@ class Collector:
         self.callback = eval_callback(self._on_tensor)
 
     def _wanted(self, t: GGMLTensor) -> bool:
+        if self.op_name(t.op) == "MUL_MAT_ID":
+            return True  # every routed expert product, whatever the batch (llama-imatrix collects them all)
         if self.op_name(t.op) != "MUL_MAT":
             return False
         src0 = tensor_at(t.src[0])
@@ -83,7 +86,10 @@ class Collector:
             t = tensor_at(ptr)
             if ask:
                 return self._wanted(t)
-            self._accumulate(tensor_at(t.src[0]), tensor_at(t.src[1]))
+            if self.op_name(t.op) == "MUL_MAT_ID":
+                self._accumulate_experts(tensor_at(t.src[0]), tensor_at(t.src[1]), tensor_at(t.src[2]))
+            else:
+                self._accumulate(tensor_at(t.src[0]), tensor_at(t.src[1]))
             return True
         except Exception as e:  # an exception must not cross into C: stop the evaluation, re-raise after it
             self.error = e
@@ -107,6 +113,22 @@ class Collector:
                 rows = x[i3, i2]
                 self.sums[name][mat] += np.einsum("ri,ri->i", rows, rows)
                 self.counts[name][mat] += rows.shape[0]
+
+
+    def _accumulate_experts(self, src0: GGMLTensor, src1: GGMLTensor, ids: GGMLTensor) -> None:
+        """MUL_MAT_ID: src0 [cols, rows, n_expert] stacked experts, src1 [cols, n_used or 1, n_tokens] activations,
+        ids [n_used, n_tokens] the experts each token was routed to."""
+        name = _weight_name(src0.name)
+        n_expert = int(src0.ne[2])
+        x = _activations(src1)[0].astype(np.float64)       # [n_tokens, ne1, cols]
+        routed = _activations(ids, np.int32)[0, 0]          # [n_tokens, n_used]
+        if name not in self.sums:
+            self.sums[name] = np.zeros((n_expert, x.shape[-1]), dtype=np.float64)
+            self.counts[name] = np.zeros(n_expert, dtype=np.float64)
+        slot = np.arange(routed.shape[1]) % x.shape[1]      # src1 broadcasts when ne1 == 1 (the gate and up inputs)
+        sq = np.square(x[:, slot, :])                       # [n_tokens, n_used, cols]
+        np.add.at(self.sums[name], routed.ravel(), sq.reshape(-1, sq.shape[-1]))
+        self.counts[name] += np.bincount(routed.ravel(), minlength=n_expert)
 
 
 def compute_imatrix(
