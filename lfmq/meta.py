@@ -57,6 +57,7 @@ class ModelMeta:
     expert_used_count: int | None = None
     leading_dense_blocks: int | None = None
     n_ff_expert: int | None = None
+    n_params_active: int = 0           # what one token computes with: all but the experts it is not routed to
 
     @property
     def n_layer(self) -> int:
@@ -145,7 +146,13 @@ def meta_from_fields(fields: Mapping[str, Any], tensors: Mapping[str, TensorEntr
         expert_count=expert_count, expert_used_count=expert_used,
         leading_dense_blocks=_int(get(K.LLM.LEADING_DENSE_BLOCK_COUNT)) if expert_count else None,
         n_ff_expert=_int(get(K.LLM.EXPERT_FEED_FORWARD_LENGTH)) if expert_count else None,
+        n_params_active=sum(_active(name, math.prod(t.shape), expert_count, expert_used) for name, t in tensors.items()),
     )
+
+
+def _active(name: str, n: int, expert_count: int | None, expert_used: int | None) -> int:
+    """A tensor's parameters one token computes with: a stacked expert tensor counts its routed experts only."""
+    return n * expert_used // expert_count if "_exps." in name and expert_count and expert_used else n
 
 
 def _int(value: Any) -> int | None:

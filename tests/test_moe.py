@@ -243,3 +243,21 @@ def test_imatrix_collects_each_expert_and_the_quantizer_uses_it(make_ckpt, tmp_p
     a, b = np.asarray(base[gate]), np.asarray(other[gate])  # [n_expert, rows, blocks...]
     differs = [not np.array_equal(a[e], b[e]) for e in range(8)]
     assert differs == [e == 5 for e in range(8)]
+
+
+def test_predictions_count_the_active_experts(make_ckpt, tmp_path):
+    """Decode reads, and prefill computes with, the routed experts only: top-2 of 8 here."""
+    from dataclasses import replace
+
+    from lfmq.devices.predict import predict, shape_of
+    from lfmq.devices.profiles import get_profile
+    from lfmq.meta import read_meta
+
+    synth = lfmq.synth("tiny-moe", tmp_path / "ck")
+    meta = read_meta(lfmq.convert(synth.path, tmp_path / "m.gguf", outtype="f32").path)
+    assert (meta.n_params, meta.n_params_active) == (synth.parameters, synth.active_parameters)
+    experts = sum(int(t.n_bytes) for t in gguf.GGUFReader(meta.path).tensors if "_exps." in t.name)
+    assert meta.tensor_bytes - meta.bytes_per_token == experts * 6 // 8  # 6 of 8 experts unread per token
+    shape = shape_of(meta)
+    moe, dense = predict(get_profile("rpi5"), shape), predict(get_profile("rpi5"), replace(shape, active_params=None))
+    assert moe.prefill_tps / dense.prefill_tps == pytest.approx(synth.parameters / synth.active_parameters)

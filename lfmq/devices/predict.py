@@ -44,6 +44,7 @@ class ModelShape:
     kv_dim: int            # n_head_kv * head_dim
     n_vocab: int
     l_cache: int
+    active_params: int | None = None  # a MoE's parameters per token (prefill compute); None: all of them
 
 
 def model_shape(path: str | Path) -> ModelShape:
@@ -60,7 +61,7 @@ def shape_of(meta: ModelMeta) -> ModelShape:
         path=meta.path, file_bytes=meta.file_bytes, tensor_bytes=meta.tensor_bytes,
         bytes_per_token=meta.bytes_per_token, params=meta.n_params, n_layer=meta.n_layer, n_attn=meta.n_attn,
         n_embd=meta.n_embd, kv_dim=(meta.n_head_kv or 0) * meta.head_dim, n_vocab=meta.n_vocab,
-        l_cache=meta.l_cache or 3,
+        l_cache=meta.l_cache or 3, active_params=meta.n_params_active or None,
     )
 
 
@@ -159,7 +160,7 @@ def predict(p: Profile, m: ModelShape, n_ctx: int | None = None) -> Prediction:
     eff = efficiency(p)
     rt = p.runtime
     decode = eff.decode * p.bandwidth_gbs * 1e9 / m.bytes_per_token if eff.decode and p.bandwidth_gbs else None
-    prefill = eff.prefill * peak_gflops(p) * 1e9 / (2 * m.params) if eff.prefill else None
+    prefill = eff.prefill * peak_gflops(p) * 1e9 / (2 * (m.active_params or m.params)) if eff.prefill else None
     budget = memory_budget(m, n_ctx or rt.get("n_ctx", 4096), rt.get("n_ubatch", 512), use_mmap=rt.get("use_mmap", False))
     return Prediction(p.name, m.path.name, decode, prefill, budget, eff, p.published)
 
