@@ -292,6 +292,15 @@ def show_recipe(r: Any) -> None:
         out.print(commands, markup=False)
 
 
+def show_build(r: Any) -> None:
+    """A device bundle: where it is, whether this call compiled it or took it from the cache, and its files."""
+    m = r.manifest
+    how = "taken from the cache" if r.cached else f"compiled in {r.seconds:.0f} s"
+    out.print(f"{r.bundle}: {m.get('profile')} ({m.get('target')}), {how}", markup=False)
+    for name, f in m.get("files", {}).items():
+        out.print(f"  {name}  {human_bytes(f['bytes'])}  sha256 {f['sha256']}", markup=False)
+
+
 def wrote(path: Path | str) -> None:
     """A file a command wrote besides its result: on stderr, so that stdout can carry --json."""
     err.print(f"wrote {escape(str(path))}")

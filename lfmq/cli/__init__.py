@@ -2,7 +2,7 @@
 (options.py), and one module per command group that registers its commands on the app when imported:
 
     convert.py   convert, synth, inspect          quantize.py  quantize, imatrix, eval
-    bench.py     bench                            devices.py   devices (list, show, detect, recipe)
+    bench.py     bench                            devices.py   devices (list, show, detect, recipe), build
     run.py       generate, chat, extract          repl.py      the chat loop
 
 Each command parses flags, calls one library function and hands the result to lfmq/ui.py; it reads and writes no

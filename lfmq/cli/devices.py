@@ -1,5 +1,6 @@
-"""`lfmq devices` (list, show, detect, recipe): the device profiles, which one this machine matches, and how to build
-llama.cpp for each. Profiles, detection, predictions and recipes live in lfmq/devices/."""
+"""`lfmq devices` (list, show, detect, recipe) and `lfmq build`: the device profiles, which one this machine matches,
+how to build llama.cpp for each, and the build itself. Profiles, detection, predictions, recipes and builds live in
+lfmq/devices/."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from lfmq.cli.app import app
-from lfmq.cli.options import Json
+from lfmq.cli.options import Force, Json
 
 devices_app = typer.Typer(help="Device profiles: list, show, detect this machine, build recipes.", no_args_is_help=False)
 app.add_typer(devices_app, name="devices")
@@ -64,3 +65,24 @@ def devices_recipe(name: Annotated[str, typer.Argument(help="Profile name.", sho
 
     ui.show_recipe(recipe(get_profile(name)))
 
+
+@app.command()
+def build(
+    profile: Annotated[str, typer.Argument(help="Device profile name (see lfmq devices).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Copy the bundle to this folder (default: "
+                                                                          "it stays in lfmq's cache).")] = None,
+    llama_bench: Annotated[bool, typer.Option("--llama-bench", help="Also build llama.cpp's llama-bench.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("-j", "--jobs", min=1, help="Parallel compile jobs (default: all "
+                                                                            "CPUs).")] = None,
+    toolchain: Annotated[Optional[str], typer.Option(help="zig, gcc or ndk instead of the profile's toolchain.")] = None,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Build llama.cpp and lfmq's runner for a device profile into a bundle (cached; a second call is instant)."""
+    from lfmq import ui
+    from lfmq.devices.build import build as run
+
+    with ui.progress_bar("building", bytes_unit=False) as progress:
+        result = run(profile, output, force=force, jobs=jobs, llama_bench=llama_bench, toolchain=toolchain,
+                     progress=progress)
+    ui.print_json(result) if json else ui.show_build(result)
