@@ -102,7 +102,8 @@ def test_existing_output_needs_force(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["path"] == str(out.resolve()) and result["outtype"] == "bf16" and result["tensors"] == 40
-    assert set(result) == {"path", "source", "outtype", "tensors", "parameters", "bytes", "seconds", "synthetic", "warnings"}
+    assert set(result) == {"path", "source", "outtype", "tensors", "parameters", "bytes", "seconds", "synthetic", "warnings",
+                           "lora"}
     assert out.stat().st_size == result["bytes"]
 
 
