@@ -15,17 +15,8 @@ from lfmq.devices.profiles import Profile, Published, builtin_profiles
 from lfmq.errors import GGUFFileError
 from lfmq.meta import ModelMeta, read_meta
 
-# Reference files behind the published figures: tensor bytes (what a decoded token reads: both models are tied)
-# of each published model and type, from lfmq's shape-exact synthetic models quantized by llama.cpp (their file
-# sizes are within 0.01% of Liquid's), and parameter counts.
-REFERENCE_BYTES = {
-    ("LFM2.5-350M", "Q4_0"): 216_923_136,
-    ("LFM2.5-350M", "Q4_K_M"): 226_925_568,
-    ("LFM2.5-350M", "Q8_0"): 376_830_976,
-    ("LFM2.5-1.2B", "Q4_0"): 693_365_760,
-}
-REFERENCE_PARAMS = {"LFM2.5-350M": 354_483_968, "LFM2.5-1.2B": 1_170_340_608}
-ASSUMED_QUANT = "Q4_0"  # figures published without a type: llama.cpp's CPU default for speed, as in the 1.2B figures
+from lfmq.devices.calibration import (ASSUMED_QUANT, REFERENCE_BYTES, REFERENCE_PARAMS, builtin_fit,  # noqa: F401
+                                      decode_tps, factors, peak_gflops, prefill_tps)
 RUNTIME_OVERHEAD_MB = 50.0  # the process before a model loads: Python, numpy, llama.cpp libraries (48.6 MB measured)
 
 
@@ -90,57 +81,32 @@ def memory_budget(m: ModelShape, n_ctx: int, n_ubatch: int, kv_bytes: float = 2.
     return MemoryBudget(weights / mb, kv / mb, conv / mb, compute / mb, RUNTIME_OVERHEAD_MB)
 
 
-def peak_gflops(p: Profile) -> float:
-    """Nominal int8 multiply-add throughput: cores x GHz x SIMD units x int8 lanes x 2 (all-core clocks are lower,
-    which the efficiency factor absorbs)."""
-    return p.cpu["cores"] * p.cpu["frequency_ghz"] * p.cpu.get("fma_units", 2) * (p.cpu["simd_bits"] / 8) * 2
-
-
 @dataclass(frozen=True)
 class Efficiency:
     decode: float | None
     prefill: float | None
     basis: str
-
-
-def _ref(pub: Published) -> tuple[int, int] | None:
-    key = (pub.model, pub.quant or ASSUMED_QUANT)
-    if key not in REFERENCE_BYTES:
-        return None
-    return REFERENCE_BYTES[key], REFERENCE_PARAMS[pub.model]
-
-
-def calibrate(p: Profile) -> Efficiency:
-    """Share of peak bandwidth (decode) and peak compute (prefill) the published figures imply, averaged."""
-    dec, pre, used = [], [], []
-    for pub in p.published:
-        ref = _ref(pub)
-        if ref is None:
-            continue
-        nbytes, params = ref
-        if pub.decode_tps:
-            dec.append(pub.decode_tps * nbytes / (p.bandwidth_gbs * 1e9))
-        if pub.prefill_tps:
-            pre.append(pub.prefill_tps * 2 * params / (peak_gflops(p) * 1e9))
-        used.append(f"{pub.model} {pub.quant or ASSUMED_QUANT + ' (assumed)'}")
-    return Efficiency(float(np.mean(dec)) if dec else None, float(np.mean(pre)) if pre else None,
-                      "; ".join(used) or "no published figure")
+    overhead_ms: float = 0.0      # fixed time per decoded token, shared by every device (lfmq.devices.calibration)
 
 
 def efficiency(p: Profile) -> Efficiency:
-    """A profile's own calibration, completed from profiles of the same architecture where it has no figure."""
-    own = calibrate(p)
-    if own.decode is not None and own.prefill is not None:
-        return own
-    kin = [calibrate(q) for q in builtin_profiles().values() if q.arch == p.arch and q.name != p.name]
-    dec = own.decode if own.decode is not None else _mean([k.decode for k in kin])
-    pre = own.prefill if own.prefill is not None else _mean([k.prefill for k in kin])
-    return Efficiency(dec, pre, own.basis + f"; missing factors from other {p.arch} profiles")
+    """The factors of a profile from the fit over every built-in profile's published figures (its own figures
+    included when it is not built in); a profile without figures takes its architecture's mean."""
+    from lfmq.devices.calibration import figures, fit
+
+    profiles = builtin_profiles()
+    f = builtin_fit()
+    if p.name not in profiles or profiles[p.name] != p:
+        profiles = {**profiles, p.name: p}
+        f = fit(figures(profiles.values()), profiles)
+    dec, pre, basis = factors(f, profiles, p)
+    return Efficiency(dec, pre, basis, f.overhead_s * 1e3)
 
 
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
+def calibrate(p: Profile) -> Efficiency:
+    """The profile's own factors (None where it has no figure), from the shared fit."""
+    f = builtin_fit()
+    return Efficiency(f.decode.get(p.name), f.prefill.get(p.name), f.basis.get(p.name, ""), f.overhead_s * 1e3)
 
 
 @dataclass(frozen=True)
@@ -159,8 +125,8 @@ class Prediction:
 def predict(p: Profile, m: ModelShape, n_ctx: int | None = None) -> Prediction:
     eff = efficiency(p)
     rt = p.runtime
-    decode = eff.decode * p.bandwidth_gbs * 1e9 / m.bytes_per_token if eff.decode and p.bandwidth_gbs else None
-    prefill = eff.prefill * peak_gflops(p) * 1e9 / (2 * (m.active_params or m.params)) if eff.prefill else None
+    decode = decode_tps(p, eff.decode, eff.overhead_ms / 1e3, m.bytes_per_token) if eff.decode and p.bandwidth_gbs else None
+    prefill = prefill_tps(p, eff.prefill, m.active_params or m.params) if eff.prefill else None
     budget = memory_budget(m, n_ctx or rt.get("n_ctx", 4096), rt.get("n_ubatch", 512), use_mmap=rt.get("use_mmap", False))
     return Prediction(p.name, m.path.name, decode, prefill, budget, eff, p.published)
 
