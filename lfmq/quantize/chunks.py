@@ -1,14 +1,19 @@
 """Fixed chunks of tokens evaluated from an empty state on the engine, as llama-perplexity and llama-imatrix cut and
-run them: only the scored positions' logits are computed and copied out."""
+run them: only the scored positions' logits are computed and copied out.
+
+With n_seq > 1 several chunks go into one decode, each its own sequence, as llama-perplexity packs n_batch / n_ctx
+of them: the context holds n_seq * n_ctx cells. The ubatch holds every chunk whole (llama-perplexity's 512-token
+ubatch would cut four 512-token chunks into four rounds of 128 tokens each), so each chunk is computed in one pass as
+it is alone and the logits are bit-identical to one chunk per decode; the weights are read once for all of them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from lfmq.errors import LlamaError
+from lfmq.errors import LlamaError, UsageError
 from lfmq.llama.engine import Engine
 from lfmq.llama.settings import Settings
 
@@ -17,12 +22,13 @@ class ChunkEvaluator:
     """An engine whose context and batch are one chunk; `logits(tokens, first)` runs a chunk from an empty state."""
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, cb_eval: Any = None,
-                 settings: Settings | None = None):
+                 settings: Settings | None = None, n_seq: int = 1):
         base = settings or Settings()
-        chunk = Settings(**{**base.__dict__, "n_ctx": n_ctx, "n_batch": n_ctx, "n_ubatch": n_ctx,
-                            "threads": threads or base.threads})
+        chunk = Settings(**{**base.__dict__, "n_ctx": n_ctx * n_seq, "n_batch": n_ctx * n_seq,
+                            "n_ubatch": n_ctx * n_seq,
+                            "n_seq_max": n_seq, "threads": threads or base.threads})
         self.engine = Engine(path, chunk, cb_eval=cb_eval)
-        self.path, self.n_ctx, self.n_vocab = Path(path), n_ctx, self.engine.n_vocab
+        self.path, self.n_ctx, self.n_vocab, self.n_seq = Path(path), n_ctx, self.engine.n_vocab, n_seq
 
     def close(self) -> None:
         self.engine.close()
@@ -55,6 +61,21 @@ class ChunkEvaluator:
         """Evaluate `tokens` from an empty state, computing outputs for positions first..end (not copied out)."""
         self.engine.clear()
         self.engine.decode(tokens.tolist(), 0, outputs=first)
+
+    def decode_packed(self, chunks: Sequence[np.ndarray], first: int) -> None:
+        """Evaluate up to n_seq chunks of n_ctx tokens in one decode from an empty state, chunk k as sequence k,
+        with outputs for positions first..end of each; read them with `rows(k)`."""
+        if len(chunks) > self.n_seq or any(len(c) != self.n_ctx for c in chunks):
+            raise UsageError(f"decode_packed takes at most {self.n_seq} chunks of {self.n_ctx} tokens")
+        self.engine.clear()
+        self.engine.decode_many([(int(t), pos, seq, pos >= first)
+                                 for seq, chunk in enumerate(chunks) for pos, t in enumerate(chunk.tolist())])
+        self._first = first
+
+    def rows(self, k: int) -> np.ndarray:
+        """float32 logits [n_ctx - first, n_vocab] of chunk k of the last decode_packed, positions first..end."""
+        start = k * self.n_ctx  # batch index of the chunk's first token; llama.cpp maps it to its output row
+        return np.stack([self.engine.logits(start + pos) for pos in range(self._first, self.n_ctx)])
 
 
 def chunks_of(tokens: np.ndarray, n_ctx: int, limit: int | None, bos: int | None) -> list[np.ndarray]:
