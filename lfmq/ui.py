@@ -167,6 +167,7 @@ def show_imatrix(r: Any) -> None:
 
 def show_eval(rep: Any) -> None:
     rows = []
+    tasks = getattr(rep, "task_file", None) is not None
     for m in [rep.reference, *rep.models]:
         is_ref = m is rep.reference
         rows.append([
@@ -174,11 +175,23 @@ def show_eval(rep: Any) -> None:
             human_bytes(m.bytes), f"{m.bits_per_weight:.2f}", f"{m.ppl:.3f} ± {m.ppl_error:.3f}",
             "-" if is_ref else f"{m.delta_ppl:+.3f}", "-" if is_ref else f"{m.kld_mean:.5f}",
             "-" if is_ref else f"{m.kld_p99:.5f}", "-" if is_ref else f"{100 * m.top1_agreement:.1f}%",
-        ])
-    _table(["model", "size", "bpw", "PPL", "ΔPPL", "KLD mean", "KLD p99", "same top-1"], rows, "lrrrrrrr")
+        ] + (_task_cells(m.task, is_ref) if tasks else []))
+    heads = ["model", "size", "bpw", "PPL", "ΔPPL", "KLD mean", "KLD p99", "same top-1"]
+    heads += ["task ok", "calls", "fields", "same answer"] if tasks else []
+    _table(heads, rows, "lrrrrrrr" + ("rrrr" if tasks else ""))
     out.print(f"{rep.tokens_scored:,} tokens scored in {rep.chunks} chunks of {rep.n_ctx} ({rep.text}), {rep.seconds:.1f} s")
+    if tasks:
+        t = rep.reference.task
+        out.print(f"{t.cases} task cases ({rep.task_file}: {t.call_cases} tool calls, {t.extract_cases} extractions), "
+                  f"greedy; {rep.task_seconds:.1f} s of the total", markup=False)
     if rep.synthetic:
         warn("random-weight (synthetic) models: these numbers exercise the measurement, they say nothing about quality")
+
+
+def _task_cells(t: Any, is_ref: bool) -> list[str]:
+    """Task columns: right answers, exact calls, extraction fields, and agreement with the reference's answers."""
+    same = "-" if is_ref else f"{100 * t.agreement:.1f}% ({t.flips} flips)"
+    return [f"{100 * t.correct:.1f}%", f"{100 * t.call_exact:.1f}%", f"{100 * t.field_agreement:.1f}%", same]
 
 
 # -- runtime: generate, chat, extract ---------------------------------------------------------------------------

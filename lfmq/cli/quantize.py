@@ -87,13 +87,16 @@ def eval_models(
     n_ctx: ChunkCtx = 512,
     chunks: Chunks = None,
     threads: Threads = None,
+    task: Annotated[Optional[Path], typer.Option("--task", help="JSONL of tool-call and extraction cases: task "
+                                                                "accuracy and agreement with the reference.")] = None,
     json: Json = False,
 ) -> None:
-    """Perplexity, KL divergence and top-1 agreement of quantized models against their reference."""
+    """Perplexity, KL divergence and top-1 agreement of quantized models against their reference (and task agreement)."""
     from lfmq import ui
     from lfmq.quantize.eval import evaluate
 
     with ui.step_bar("evaluating") as progress:
-        report = evaluate(models, reference, file=file, n_ctx=n_ctx, chunks=chunks, threads=threads,
-                          progress=lambda i, n: progress("chunks", i, n))
+        report = evaluate(models, reference, file=file, n_ctx=n_ctx, chunks=chunks, threads=threads, task=task,
+                          progress=lambda i, n: progress("chunks", i, n),
+                          task_progress=lambda i, n: progress("task cases", i, n))
     ui.print_json(report) if json else ui.show_eval(report)

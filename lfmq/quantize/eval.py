@@ -3,7 +3,12 @@
 Scored as llama-perplexity scores: the text is tokenized with BOS first and special-token markers left as text, cut
 into n_ctx-token chunks, each evaluated from an empty state with BOS as its first token, and only the second half
 of each chunk is scored (every scored token has at least n_ctx/2 of context).
-Memory is bounded by one chunk of logits per model, whatever the length of the text."""
+Chunks are packed n_batch / n_ctx to a decode (each its own sequence) as llama-perplexity packs them. Memory is
+bounded by one decode's logits per model (llama.cpp's output buffer) plus one chunk's float64 arrays, whatever the
+length of the text.
+
+With a task file (lfmq/quantize/tasks.py), each model also answers tool-call and extraction cases through the runtime,
+and its task scores sit beside its PPL and KLD."""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 
 from lfmq.errors import InputError, UsageError
 from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
+from lfmq.quantize.tasks import TaskScore, evaluate_tasks, load_tasks
 from lfmq.quantize.texts import choose_text
 
 Progress = Callable[[int, int], None]
@@ -37,6 +43,7 @@ class ModelQuality:
     kld_error: float
     kld_p99: float
     top1_agreement: float            # share of scored tokens where the argmax equals the reference's
+    task: TaskScore | None = None    # with a task file: calls, extraction, agreement with the reference's answers
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class EvalReport:
     seconds: float
     synthetic: bool = False          # random-weight models: the numbers say nothing about real quality
     notes: list[str] = field(default_factory=list)
+    task_file: str | None = None     # the task file's name, when tasks were run
+    task_seconds: float = 0.0        # of `seconds`, the time the task cases took
 
 
 def default_text() -> str:
@@ -101,9 +110,14 @@ def evaluate(
     n_ctx: int = 512,
     chunks: int | None = None,
     threads: int | None = None,
+    n_batch: int = 2048,
+    task: str | Path | None = None,
     progress: Progress | None = None,
+    task_progress: Progress | None = None,
 ) -> EvalReport:
-    """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`."""
+    """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`; with a
+    `task` file (JSONL of tool-call and extraction cases), each model's task scores too. n_batch // n_ctx chunks go
+    into one decode, as llama-perplexity's -b packs them (1 for one chunk at a time)."""
     if n_ctx < 16 or n_ctx % 2:
         raise UsageError(f"--n-ctx {n_ctx}: use an even context of at least 16 tokens")
     text = choose_text(text, file, default_text)
@@ -111,18 +125,23 @@ def evaluate(
     if not text.strip():
         raise InputError("the evaluation text is empty: give a file with some text (-f)")
     infos = [_file(p) for p in [reference, *models]]  # clear errors for missing or broken files first
+    cases = load_tasks(task) if task is not None else None  # a broken task file fails before the long part
     started = time.perf_counter()
     evaluators = []
     try:
+        n_seq = max(1, min(n_batch // n_ctx, chunks or n_batch))
         for info in infos:
-            evaluators.append(ChunkEvaluator(info.path, n_ctx, threads))
+            evaluators.append(ChunkEvaluator(info.path, n_ctx, threads, n_seq=n_seq))
         accs = _run(evaluators, text, n_ctx, chunks, progress)
     finally:
         for ev in evaluators:
             ev.close()
     n_chunks = len(accs[0].nll)
     ref_ppl = accs[0].ppl()[0]
-    qualities = [_quality(info, acc, ref_ppl) for info, acc in zip(infos, accs)]
+    task_started = time.perf_counter()
+    tasks = evaluate_tasks(models, reference, cases, threads=threads, progress=task_progress) if cases is not None else [None] * len(infos)
+    task_seconds = time.perf_counter() - task_started if cases is not None else 0.0
+    qualities = [_quality(info, acc, ref_ppl, t) for info, acc, t in zip(infos, accs, tasks)]
     return EvalReport(
         reference=qualities[0],
         models=qualities[1:],
@@ -132,6 +151,8 @@ def evaluate(
         tokens_scored=int(sum(len(x) for x in accs[0].nll)),
         seconds=time.perf_counter() - started,
         synthetic=any(i.synthetic for i in infos),
+        task_file=Path(task).name if task is not None else None,
+        task_seconds=task_seconds,
     )
 
 
@@ -146,16 +167,20 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
         raise InputError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --n-ctx")
     first = n_ctx // 2
     accs = [_Accumulator() for _ in evaluators]
-    for i, chunk in enumerate(pieces):
-        targets = chunk[first + 1 :]
-        ref_logp = None
-        for ev, acc in zip(evaluators, accs):
-            logp = _log_softmax(ev.logits(chunk, first)[:-1])  # row j predicts token j+1
-            acc.add(logp, targets, ref_logp)
-            if ref_logp is None:
-                ref_logp = logp
+    for g in range(0, len(pieces), ref.n_seq):
+        group = pieces[g : g + ref.n_seq]
+        for ev in evaluators:  # each context keeps its group's logits until its next decode
+            ev.decode_packed(group, first)
+        for k, chunk in enumerate(group):
+            targets = chunk[first + 1 :]
+            ref_logp = None
+            for ev, acc in zip(evaluators, accs):
+                logp = _log_softmax(ev.rows(k)[:-1])  # row j predicts token j+1
+                acc.add(logp, targets, ref_logp)
+                if ref_logp is None:
+                    ref_logp = logp
         if progress:
-            progress(i + 1, len(pieces))
+            progress(g + len(group), len(pieces))
     return accs
 
 
@@ -176,11 +201,11 @@ def _file(path: str | Path) -> _File:
     return _File(Path(path).resolve(), m.file_type, m.file_bytes, m.bits_per_weight, m.synthetic)
 
 
-def _quality(info: _File, acc: _Accumulator, ref_ppl: float) -> ModelQuality:
+def _quality(info: _File, acc: _Accumulator, ref_ppl: float, task: TaskScore | None) -> ModelQuality:
     ppl, err = acc.ppl()
     kld, kld_err, p99, top1 = acc.kld_stats()
     return ModelQuality(
         path=info.path, file_type=info.file_type, bytes=info.bytes, bits_per_weight=info.bits_per_weight,
         ppl=ppl, ppl_error=err, delta_ppl=ppl - ref_ppl, kld_mean=kld, kld_error=kld_err, kld_p99=p99,
-        top1_agreement=top1,
+        top1_agreement=top1, task=task,
     )
