@@ -57,7 +57,8 @@ def call_grammar(tools: Sequence[Mapping[str, Any]]) -> str:
     """GBNF that forces a list of 1 to MAX_CALLS calls to the given tools, each argument matching its JSON schema
     (tool_choice "required"). Required arguments come first in schema order, then the optional ones, each of which
     may be left out."""
-    from lfmq.runtime.extract import converter, fix_char_rule
+    from lfmq.llama.binding import schema_converter as converter
+    from lfmq.runtime.extract import fix_char_rule
 
     conv = converter()
     calls = []
