@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO   := demo
 
-.PHONY: demo test setup setup-test clean
+.PHONY: demo test setup setup-test mutate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ demo: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+# small defects put into a scratch copy one at a time: does the suite catch each? (minutes; not part of `make test`)
+mutate: setup-test
+	$(BIN)/python scripts/mutate.py
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
