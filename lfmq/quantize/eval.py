@@ -65,10 +65,30 @@ def default_text() -> str:
     return resources.files("lfmq.quantize").joinpath("data/eval.txt").read_text(encoding="utf-8")
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+@dataclass
+class _Rows:
+    """One model's logits for one chunk's scored rows [n, n_vocab] and their log-normalizers, computed once. The
+    elementwise work stays in the logits' dtype (float32 from llama.cpp); every sum accumulates in float64."""
+
+    x: np.ndarray
+    lse: np.ndarray                  # float64 [n]: log sum exp of each row
+    _e: np.ndarray                   # exp(x - row max), the logits' dtype
+    _s: np.ndarray                   # float64 [n]: its row sums
+
+    @classmethod
+    def of(cls, logits: np.ndarray) -> _Rows:
+        m = logits.max(axis=-1, keepdims=True)
+        e = logits - m
+        np.exp(e, out=e)
+        s = e.sum(axis=-1, dtype=np.float64)
+        return cls(logits, m[:, 0].astype(np.float64) + np.log(s), e, s)
+
+    def probs(self) -> np.ndarray:
+        """The row distributions (the reference's p in KL(p || q)), formed on first use."""
+        if not hasattr(self, "_p"):
+            self._p = self._e  # in place: the exponentials are not needed again
+            self._p /= self._s[:, None].astype(self._e.dtype)
+        return self._p
 
 
 class _Accumulator:
@@ -79,11 +99,18 @@ class _Accumulator:
         self.kld: list[np.ndarray] = []
         self.same_top: list[np.ndarray] = []
 
-    def add(self, logp: np.ndarray, targets: np.ndarray, ref_logp: np.ndarray | None) -> None:
-        self.nll.append(-logp[np.arange(len(targets)), targets])
-        if ref_logp is not None:
-            self.kld.append((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1))
-            self.same_top.append(logp.argmax(-1) == ref_logp.argmax(-1))
+    def add(self, logits: np.ndarray | _Rows, targets: np.ndarray, ref: np.ndarray | _Rows | None) -> None:
+        """One chunk's rows (logits, or log-probabilities: any per-row shift) against the reference's rows."""
+        q = logits if isinstance(logits, _Rows) else _Rows.of(logits)
+        self.nll.append(q.lse - q.x[np.arange(len(targets)), targets])
+        if ref is not None:
+            p = ref if isinstance(ref, _Rows) else _Rows.of(ref)
+            # KL(p || q) = sum p (log p - log q) = sum p (x_p - x_q) - (lse_p - lse_q), since sum p = 1
+            diff = p.x - q.x
+            diff *= p.probs()
+            cross = diff.sum(axis=-1, dtype=np.float64)
+            self.kld.append(cross - (p.lse - q.lse))
+            self.same_top.append(q.x.argmax(-1) == p.x.argmax(-1))
 
     def ppl(self) -> tuple[float, float]:
         nll = np.concatenate(self.nll)
@@ -173,12 +200,12 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
             ev.decode_packed(group, first)
         for k, chunk in enumerate(group):
             targets = chunk[first + 1 :]
-            ref_logp = None
+            ref_rows = None
             for ev, acc in zip(evaluators, accs):
-                logp = _log_softmax(ev.rows(k)[:-1])  # row j predicts token j+1
-                acc.add(logp, targets, ref_logp)
-                if ref_logp is None:
-                    ref_logp = logp
+                rows = _Rows.of(ev.rows(k)[:-1])  # row j predicts token j+1
+                acc.add(rows, targets, ref_rows)
+                if ref_rows is None:
+                    ref_rows = rows
         if progress:
             progress(g + len(group), len(pieces))
     return accs
