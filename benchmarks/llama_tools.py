@@ -1,5 +1,6 @@
-"""Build llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench) from the tree that
-llama-cpp-python 0.3.36 vendors, with the same flags lfmq's binding is built with, cached under benchmarks/out.
+"""Build llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, llama-batched-bench)
+from the tree that llama-cpp-python 0.3.36 vendors, with the same flags lfmq's binding is built with, cached under
+benchmarks/out (one build at a time: a lock file, as several benchmarks may ask at once).
 
     .venv/bin/python benchmarks/llama_tools.py [TARGET ...]     # prints the bin folder
 
@@ -8,6 +9,7 @@ Benchmarks import `tool(name)` to get a path; the first call builds (several min
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import subprocess
 import sys
@@ -19,7 +21,7 @@ OUT = Path(__file__).resolve().parent / "out"
 SDIST = OUT / f"llama_cpp_python-{VERSION}.tar.gz"
 TREE = OUT / "llama.cpp-src" / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
 BUILD = OUT / "llama.cpp-build"
-TARGETS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench")
+TARGETS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-batched-bench")
 # same as scripts/install-llama-cpp-python.sh: native, minus AMX (its matmul segfaults on these Xeons)
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() == "x86_64" else ""
 
@@ -41,6 +43,15 @@ def source_tree() -> Path:
 def build(targets: tuple[str, ...] = TARGETS) -> Path:
     """Configure once, build the targets that are missing; returns the bin folder."""
     bindir = BUILD / "bin"
+    if all((bindir / t).exists() for t in targets):
+        return bindir
+    OUT.mkdir(parents=True, exist_ok=True)
+    with (OUT / "llama-tools.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(targets, bindir)
+
+
+def _build(targets: tuple[str, ...], bindir: Path) -> Path:
     missing = [t for t in targets if not (bindir / t).exists()]
     if not missing:
         return bindir
