@@ -18,6 +18,8 @@ from lfmq.runtime.template import builtin_template, compile_template, render
 
 SUPPORTED_ARCHS = ("lfm2", "lfm2moe")
 TRAINED_CONTEXT = 32768  # LFM2's training context; the GGUF metadata advertises 128000
+CHECKPOINT_BYTES = 64 << 20  # turn-boundary snapshots kept per model: about one 4096-token state of the 350M/1.2B
+CHECKPOINT_COUNT = 8
 
 
 def _whole_utf8(data: bytes) -> bool:
@@ -50,7 +52,8 @@ class Model:
         gguf_template = index.get(Keys.Tokenizer.CHAT_TEMPLATE)
         self.engine = Engine(self.path, self._check_settings(settings))
         self.settings = self.engine.settings
-        self.n_vocab, self.n_ctx, self.n_batch = self.engine.n_vocab, self.engine.n_ctx, self.engine.n_batch
+        # n_ctx: the positions of one sequence (a context of several sequences splits its cells among them)
+        self.n_vocab, self.n_ctx, self.n_batch = self.engine.n_vocab, self.engine.n_ctx_seq, self.engine.n_batch
         self.bos_id = self.engine.bos_id
         specials = {"bos_token": self.engine.bos_id, "eos_token": self.engine.eos_id, "pad_token": self.engine.pad_id}
         self.special_tokens = {k: self.piece(i).decode("utf-8", "replace") for k, i in specials.items() if i >= 0}
@@ -58,6 +61,9 @@ class Model:
         self._tokens: list[int] = []  # what the context holds, position by position
         self._state_ok = True         # False while a decode is in flight or after one failed
         self._snapshot: tuple[tuple[int, ...], Any] | None = None
+        self._checkpoints: list[tuple[tuple[int, ...], Any]] = []  # checkpoint()s, oldest first
+        self.checkpoint_bytes = CHECKPOINT_BYTES  # memory the checkpoints may take (0: keep none)
+        self.checkpoint_count = CHECKPOINT_COUNT
         self.evaluated = 0            # tokens evaluated since load, prompts and generated tokens alike
 
     # -- setup ---------------------------------------------------------------------------------------------------
@@ -154,12 +160,30 @@ class Model:
         self.engine.clear()
         self._tokens, self._state_ok = [], True
 
+    @property
+    def n_seq(self) -> int:
+        """How many sequences the context holds (batched extraction decodes one input per sequence)."""
+        return self.engine.settings.n_seq_max
+
+    def hold_sequences(self, n: int) -> None:
+        """Make the context hold at least n sequences of n_ctx positions each, re-creating it if need be (the weights
+        stay loaded; the context forgets what it held). Raises LlamaError, the old context kept, if llama.cpp cannot."""
+        if n <= self.n_seq:
+            return
+        self._state_ok, self._snapshot = False, None
+        try:
+            self.engine.resize(n)
+        finally:
+            self.settings = self.engine.settings
+            self.reset()
+
     def sync(self, tokens: Sequence[int], *, snapshot_at: int = 0) -> tuple[int, int]:
         """Make the context hold `tokens`, with fresh logits for the last; returns (reused, evaluated).
 
         The longest common prefix with what the context holds is kept. LFM2's conv layers are recurrent state, which
         llama.cpp cannot cut back, so a shorter common prefix costs a full re-evaluation, unless a snapshot taken at
-        `snapshot_at` tokens (a shared system prompt, say) matches the start of `tokens`."""
+        `snapshot_at` tokens (a shared system prompt, say) or a checkpoint() matches the start of `tokens`: then
+        only the tokens past the longest such snapshot are evaluated."""
         tokens = list(tokens)
         if not tokens:
             raise UsageError("nothing to evaluate: the prompt is empty")
@@ -188,8 +212,8 @@ class Model:
         if self._state_ok and keep > 0 and self.engine.remove(0, keep, -1):
             del self._tokens[keep:]
             return keep
-        snap = self._snapshot
-        if snap and len(snap[0]) < len(tokens) and tuple(tokens[: len(snap[0])]) == snap[0]:
+        snap = self._best_snapshot(tokens)
+        if snap:
             self.engine.clear()
             self._state_ok = False
             if self.engine.restore(snap[1]):
@@ -197,6 +221,41 @@ class Model:
                 return len(snap[0])
         self.reset()
         return 0
+
+    def _best_snapshot(self, tokens: list[int]) -> tuple[tuple[int, ...], Any] | None:
+        """The longest snapshot (shared prompt or checkpoint) that is a proper prefix of tokens."""
+        best = None
+        for snap in (self._snapshot, *self._checkpoints):
+            if snap and len(snap[0]) < len(tokens) and (best is None or len(snap[0]) > len(best[0])) \
+                    and tuple(tokens[: len(snap[0])]) == snap[0]:
+                best = snap
+        return best
+
+    def checkpoint(self) -> bool:
+        """Snapshot what the context holds now (a turn boundary, say), so that a later prompt which diverges after
+        it (a regenerated or edited last turn) costs only its tokens past this point instead of a full re-evaluation.
+        At most checkpoint_count snapshots taking checkpoint_bytes are kept, the oldest dropped first; returns
+        whether this one is kept."""
+        if not self._state_ok or not self._tokens or self.checkpoint_bytes <= 0 or self.checkpoint_count <= 0:
+            return False
+        key = tuple(self._tokens)
+        for i, (held, state) in enumerate(self._checkpoints):
+            if held == key:  # already kept: it becomes the newest
+                self._checkpoints.append(self._checkpoints.pop(i))
+                return True
+        state = self.engine.snapshot(0)
+        if state is None or len(state) > self.checkpoint_bytes:
+            return False
+        self._checkpoints.append((key, state))
+        while (len(self._checkpoints) > self.checkpoint_count
+               or sum(len(s) for _, s in self._checkpoints) > self.checkpoint_bytes):
+            del self._checkpoints[0]
+        return True
+
+    @property
+    def checkpoints(self) -> tuple[tuple[int, int], ...]:
+        """(tokens, bytes) of each checkpoint kept, oldest first."""
+        return tuple((len(held), len(state)) for held, state in self._checkpoints)
 
     def _save_snapshot(self) -> None:
         state = self.engine.snapshot(0)
