@@ -87,6 +87,7 @@ class Engine:
         self._model = self._ctx = self._batch = None
         self._adapters: list[Any] = []
         self._pieces: dict[int, bytes] = {}
+        self.context_error = ""  # what llama.cpp logged when it last refused to create a context
         self._kinds: dict[str, tuple[int, ...]] = {}
         self._open()
 
@@ -100,6 +101,21 @@ class Engine:
         if not self._model:
             raise LlamaError(f"llama.cpp could not load {self.path}: {llama_log.tail()}")
         self._adapters = [self._load_lora(path) for path, _ in s.lora]  # freed with the model
+        self._vocab = L.llama_model_get_vocab(self._model)
+        try:
+            self._open_context()
+        except LlamaError:
+            self.close()
+            raise
+        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+        self.bos_id = int(L.llama_vocab_bos(self._vocab))
+        self.eos_id = int(L.llama_vocab_eos(self._vocab))
+        self.pad_id = int(L.llama_vocab_pad(self._vocab))
+        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+
+    def _open_context(self) -> None:
+        """The context (with the LoRA adapters applied) and the batch, from self.settings."""
+        L, s = lib(), self.settings
         cp = L.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = s.n_ctx, s.n_batch, s.n_ubatch, s.n_seq_max
         cp.n_threads = cp.n_threads_batch = s.threads
@@ -111,23 +127,44 @@ class Engine:
             cp.cb_eval, cp.cb_eval_user_data = self._cb, None
         self._ctx = L.llama_init_from_model(self._model, cp)
         if not self._ctx:
-            self.close()
-            raise LlamaError(f"llama.cpp could not create a context for {self.path} with {s}: {llama_log.tail()}")
+            self.context_error = llama_log.tail()
+            raise LlamaError(f"llama.cpp could not create a context for {self.path} with {s}: {self.context_error}")
         if self._adapters:
             adapters = (L.llama_adapter_lora_p_ctypes * len(self._adapters))(*self._adapters)
             scales = (ctypes.c_float * len(self._adapters))(*[scale for _, scale in s.lora])
             if L.llama_set_adapters_lora(self._ctx, adapters, len(self._adapters), scales) != 0:
-                self.close()
+                self._free_context()
                 raise LlamaError(f"llama.cpp could not apply the LoRA adapters to {self.path}: {llama_log.tail()}")
         self._batch = L.llama_batch_init(s.n_batch, 0, s.n_seq_max)
-        self._vocab = L.llama_model_get_vocab(self._model)
-        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
         self.n_ctx = int(L.llama_n_ctx(self._ctx))
+        self.n_ctx_seq = int(L.llama_n_ctx_seq(self._ctx))  # positions one sequence may use: n_ctx / n_seq_max
         self.n_batch = s.n_batch
-        self.bos_id = int(L.llama_vocab_bos(self._vocab))
-        self.eos_id = int(L.llama_vocab_eos(self._vocab))
-        self.pad_id = int(L.llama_vocab_pad(self._vocab))
-        self.add_bos = bool(L.llama_vocab_get_add_bos(self._vocab))
+
+    def resize(self, n_seq_max: int) -> None:
+        """Re-create the context for `n_seq_max` sequences of n_ctx_seq positions each (n_ctx grows to match), the
+        weights staying loaded; the context forgets everything it held. When llama.cpp refuses, the context of the
+        old settings is re-created and LlamaError says what llama.cpp reported."""
+        if n_seq_max < 1:
+            raise UsageError(f"n_seq_max must be at least 1, not {n_seq_max}")
+        old = self.settings
+        self._free_context()
+        self.settings = replace(old, n_ctx=self.n_ctx_seq * n_seq_max, n_seq_max=n_seq_max)
+        try:
+            self._open_context()
+        except LlamaError:
+            reason = self.context_error
+            self.settings = old
+            self._open_context()
+            raise LlamaError(f"llama.cpp cannot hold {n_seq_max} sequences of {self.path.name}: {reason}") from None
+
+    def _free_context(self) -> None:
+        with llama_log.captured():
+            if self._batch is not None:
+                lib().llama_batch_free(self._batch)
+                self._batch = None
+            if self._ctx:
+                lib().llama_free(self._ctx)
+                self._ctx = None
 
     def _load_lora(self, path: str) -> Any:
         adapter = lib().llama_adapter_lora_init(self._model, str(path).encode())
@@ -288,6 +325,10 @@ class Engine:
     def remove(self, seq: int, p0: int, p1: int = -1) -> bool:
         """Drop positions p0..p1 of a sequence; False when llama.cpp cannot (recurrent state cannot go back)."""
         return bool(lib().llama_memory_seq_rm(lib().llama_get_memory(self.ctx), seq, p0, p1))
+
+    def forget(self, seq: int) -> None:
+        """Drop every position of one sequence (the others stay)."""
+        lib().llama_memory_seq_rm(lib().llama_get_memory(self.ctx), seq, -1, -1)
 
     def snapshot(self, seq: int = 0) -> Any:
         """A copy of one sequence's state (KV cells and recurrent conv state), or None when llama.cpp fails."""
