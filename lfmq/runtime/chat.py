@@ -2,13 +2,20 @@
 the context so that each turn evaluates only its new tokens (LFM2's conv state cannot be cut back, only extended).
 
 Context overflow policy of a session: before a turn, if the prompt plus the room kept for the answer (max_tokens,
-or a quarter of the context) does not fit, the oldest whole turns are dropped (the system prompt is kept) and the
-prompt is evaluated afresh; if the newest message alone does not fit, ContextOverflowError. An answer that reaches
-the end of the context stops with finish_reason "context"."""
+or a quarter of the context) does not fit, the oldest whole turns are dropped (the system prompt and the newest
+turn are kept) until the prompt and that room take at most (1 - overflow_share) of the context, and the prompt is
+evaluated afresh. Dropping half the context at once (the default) makes that full re-evaluation happen once per
+many turns instead of on every turn once the context is full (overflow_share 0 drops just enough, one turn at a
+time). If the newest message alone does not fit, ContextOverflowError. An answer that reaches the end of the context
+stops with finish_reason "context".
+
+Regenerate and edit-last: at the end of each turn the session checkpoints the sequence state (Model.checkpoint,
+bounded in memory, the oldest dropped first), so a new answer to the last message, or to an edited last message,
+evaluates only the last turn's tokens instead of the whole conversation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from lfmq.errors import UsageError
@@ -18,7 +25,22 @@ from lfmq.runtime.model import Model
 from lfmq.runtime.tools import CALL_END, CALL_START, ToolCall, call_grammar, format_calls, parse_reply
 
 TOOL_CHOICES = ("auto", "required", "none")
+MARKS = 8  # turn ends whose tokens a session remembers (the model keeps the matching checkpoints)
 Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatStats(Stats):
+    """A session turn's Stats, with what fitting the conversation into the context cost."""
+
+    dropped_turns: int = 0        # oldest turns dropped just before this one to fit the context
+    dropped_tokens: int = 0       # the prompt tokens they took
+    reprefill: bool = False       # the turn could not extend what the context held: the conversation was evaluated
+    # again, from the start or from a snapshot (prompt_reused says how many tokens were kept)
+
+    @classmethod
+    def of(cls, stats: Stats, **extra: Any) -> ChatStats:
+        return cls(**{f.name: getattr(stats, f.name) for f in fields(Stats)}, **extra)
 
 
 @dataclass(frozen=True)
@@ -96,21 +118,30 @@ def chat(model: Model, messages: Sequence[Message], **kwargs: Any) -> Reply:
 
 
 class Chat:
-    """A conversation that lives in the model's context: send() a message, get a Reply; reset() to start over."""
+    """A conversation that lives in the model's context: send() a message, get a Reply; regenerate() or edit_last()
+    to redo the last turn; reset() to start over. overflow_share: the share of the context freed at once when the
+    conversation no longer fits (0: drop the oldest turns one at a time)."""
 
     def __init__(self, model: Model, *, system: str | None = None, tools: Sequence[Message] | None = None,
-                 tool_choice: str = "auto", max_tokens: int | None = None, **sampling: Any) -> None:
+                 tool_choice: str = "auto", max_tokens: int | None = None, overflow_share: float = 0.5,
+                 **sampling: Any) -> None:
+        if not 0 <= overflow_share < 1:
+            raise UsageError(f"overflow_share is the share of the context freed when it is full: 0 to below 1, "
+                             f"not {overflow_share}")
         self.model = model
         self.system = system
         self.tools = list(tools) if tools else None
         self.max_tokens = max_tokens
+        self.overflow_share = overflow_share
         self.sampling = sampling
         self.last: Reply | None = None
         self.trimmed = 0                      # messages dropped so far to fit the context
+        self.dropped_turns = 0                # turns dropped so far to fit the context
         _constraints(model, self.tools, tool_choice)  # fail early on a bad choice
         self.tool_choice = tool_choice
         self._messages: list[dict[str, Any]] = []
         self._text, self._tokens = "", []     # the prompt text evaluated so far, and its tokens
+        self._marks: list[tuple[str, list[int]]] = []  # (text, tokens) at recent turn ends, newest last
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -120,31 +151,36 @@ class Chat:
 
     def reset(self) -> None:
         """Forget the conversation (the system prompt and tools stay)."""
-        self._messages, self.last, self.trimmed = [], None, 0
-        self._text, self._tokens = "", []
+        self._messages, self.last, self.trimmed, self.dropped_turns = [], None, 0, 0
+        self._text, self._tokens, self._marks = "", [], []
 
-    def _prompt(self, reserve: int) -> tuple[str, list[int]]:
-        kept, trimmed = list(self._messages), self.trimmed
-        try:
-            return self._fit(reserve)
-        except BaseException:  # a turn that cannot be sent leaves the conversation as it was
-            self._messages, self.trimmed = kept, trimmed
-            raise
+    def _render(self) -> tuple[str, list[int]]:
+        """The prompt text and its tokens; the part up to a recent turn end keeps the tokens it was evaluated as
+        (sampled tokens need not re-tokenize alike)."""
+        text = self.model.render(self.history, tools=self.tools)
+        best = max((m for m in self._marks if text.startswith(m[0])), key=lambda m: len(m[0]), default=None)
+        if best is None:
+            return text, self.model.tokenize(text)
+        return text, best[1] + self.model.tokenize(text[len(best[0]):])
 
-    def _fit(self, reserve: int) -> tuple[str, list[int]]:
+    def _fit(self, reserve: int) -> tuple[str, list[int], int, int]:
+        """The prompt, after dropping old turns if it does not fit; also how many turns and tokens were dropped."""
+        n_ctx = self.model.n_ctx
+        goal = n_ctx - int(self.overflow_share * n_ctx)  # room to leave once something has to go
+        dropped, first = 0, None
         while True:
-            text = self.model.render(self.history, tools=self.tools)
-            if self._text and text.startswith(self._text):
-                # the tokens the context already holds stay as they are (sampled tokens need not re-tokenize alike)
-                tokens = self._tokens + self.model.tokenize(text[len(self._text):])
-            else:
-                tokens = self.model.tokenize(text)
-            if len(tokens) + reserve <= self.model.n_ctx:
-                return text, tokens
+            text, tokens = self._render()
+            first = len(tokens) if first is None else first
+            fits = len(tokens) + reserve <= n_ctx
+            if fits and (not dropped or len(tokens) + reserve <= goal):
+                return text, tokens, dropped, first - len(tokens)
             if not self._drop_oldest_turn():
+                if fits:  # only the newest turn is left: it stays
+                    return text, tokens, dropped, first - len(tokens)
                 raise ContextOverflowError(
-                    f"the newest message needs {len(tokens)} prompt tokens and the context of {self.model.n_ctx} "
+                    f"the newest message needs {len(tokens)} prompt tokens and the context of {n_ctx} "
                     f"keeps {reserve} free for the answer: shorten it, lower max_tokens or load with a larger n_ctx")
+            dropped += 1
 
     def _drop_oldest_turn(self) -> bool:
         starts = [i for i, m in enumerate(self._messages) if m["role"] == "user"]
@@ -154,40 +190,97 @@ class Chat:
         del self._messages[: starts[1]]
         return True
 
-    def stream(self, content: Any, *, role: str = "user", max_tokens: int | None = None,
-               interrupt: Callable[[], bool] | None = None, **overrides: Any) -> Iterator[Chunk]:
-        """Add a message (role "tool" for a tool result) and stream the answer; the answer joins the history even
-        when the stream is stopped early."""
+    def _head(self, tokens: list[int]) -> int:
+        """How many of tokens are the system prompt (and tools): Model.sync keeps a snapshot there, so a
+        re-evaluation after an overflow starts after it."""
+        if not self.system and not self.tools:
+            return 0
+        head = self.model.tokenize(self.model.render(self.history[:1] if self.system else [], tools=self.tools,
+                                                     add_generation_prompt=False))
+        return len(head) if 0 < len(head) < len(tokens) and tokens[: len(head)] == head else 0
+
+    def _remember(self, text: str, tokens: list[int]) -> None:
+        self._text, self._tokens = text, tokens
+        self._marks = [*self._marks[-(MARKS - 1):], (text, tokens)]
+
+    def _answer(self, saved: tuple[list[dict[str, Any]], int], role: str, max_tokens: int | None,
+                interrupt: Callable[[], bool] | None, overrides: dict[str, Any]) -> Iterator[Chunk]:
+        """Stream the answer to the messages as they are now; `saved` (messages, trimmed) is put back if no answer
+        starts."""
         max_tokens = max_tokens or self.max_tokens
-        self._messages.append({"role": role, "content": content})
         try:
-            text, tokens = self._prompt(max_tokens or self.model.n_ctx // 4)
-        except BaseException:
-            self._messages.pop()
+            text, tokens, turns, dropped = self._fit(max_tokens or self.model.n_ctx // 4)
+        except BaseException:  # a turn that cannot be sent leaves the conversation as it was
+            self._messages, self.trimmed = saved
             raise
+        held = self.model.state
+        reprefill = bool(self._tokens) and not (len(held) < len(tokens) and tuple(tokens[: len(held)]) == held)
         choice = self.tool_choice if role == "user" else "auto"  # "required" forces a call, not an answer to it
         constraints = _constraints(self.model, self.tools, choice)
         ids: list[int] = []
         stats, started = None, False
         try:
             for chunk in stream_generate(self.model, tokens, max_tokens=max_tokens, interrupt=interrupt,
+                                         snapshot_at=self._head(tokens),
                                          **{**constraints, **self.sampling, **overrides}):
                 started = True
                 ids.extend(chunk.tokens)
-                stats = chunk.stats or stats
+                if chunk.stats is not None:
+                    stats = ChatStats.of(chunk.stats, dropped_turns=turns, dropped_tokens=dropped, reprefill=reprefill)
+                    chunk = replace(chunk, stats=stats)
                 yield chunk
         finally:
             if started:
                 reply = self.model.detokenize(ids)
                 self._messages.append({"role": "assistant", "content": reply})
-                self._text, self._tokens = text + reply, tokens + ids
+                self._remember(text + reply, tokens + ids)
+                self.dropped_turns += turns
+                self.model.checkpoint()  # a turn boundary: redoing the next turn starts from here
                 self.last = Reply.from_text(reply, stats, self.tools or ())
             else:
-                self._messages.pop()
+                self._messages, self.trimmed = saved
+
+    def stream(self, content: Any, *, role: str = "user", max_tokens: int | None = None,
+               interrupt: Callable[[], bool] | None = None, **overrides: Any) -> Iterator[Chunk]:
+        """Add a message (role "tool" for a tool result) and stream the answer; the answer joins the history even
+        when the stream is stopped early."""
+        saved = (list(self._messages), self.trimmed)
+        self._messages.append({"role": role, "content": content})
+        yield from self._answer(saved, role, max_tokens, interrupt, overrides)
 
     def send(self, content: Any, **kwargs: Any) -> Reply:
         """Add a message and return the whole answer."""
-        for _ in self.stream(content, **kwargs):
+        return self._collect(self.stream(content, **kwargs))
+
+    def stream_regenerate(self, *, max_tokens: int | None = None, interrupt: Callable[[], bool] | None = None,
+                          **overrides: Any) -> Iterator[Chunk]:
+        """Replace the last answer with a new one, streamed (pass another seed or temperature for a different one)."""
+        if not self._messages or self._messages[-1]["role"] != "assistant":
+            raise UsageError("nothing to regenerate: the conversation does not end with an answer")
+        saved = (list(self._messages), self.trimmed)
+        del self._messages[-1]
+        yield from self._answer(saved, self._messages[-1]["role"], max_tokens, interrupt, overrides)
+
+    def regenerate(self, **kwargs: Any) -> Reply:
+        """Replace the last answer with a new one; only the last turn is evaluated again."""
+        return self._collect(self.stream_regenerate(**kwargs))
+
+    def stream_edit_last(self, content: Any, *, max_tokens: int | None = None,
+                         interrupt: Callable[[], bool] | None = None, **overrides: Any) -> Iterator[Chunk]:
+        """Replace the last user message (and what followed it) with `content` and stream the new answer."""
+        last = max((i for i, m in enumerate(self._messages) if m["role"] == "user"), default=None)
+        if last is None:
+            raise UsageError("no message to edit: the conversation has no user message yet")
+        saved = (list(self._messages), self.trimmed)
+        self._messages[last:] = [{"role": "user", "content": content}]
+        yield from self._answer(saved, "user", max_tokens, interrupt, overrides)
+
+    def edit_last(self, content: Any, **kwargs: Any) -> Reply:
+        """Replace the last user message and answer it anew; only the last turn is evaluated again."""
+        return self._collect(self.stream_edit_last(content, **kwargs))
+
+    def _collect(self, stream: Iterator[Chunk]) -> Reply:
+        for _ in stream:
             pass
         assert self.last is not None
         return self.last
