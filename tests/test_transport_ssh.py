@@ -5,6 +5,7 @@ the real bundle's end-to-end run is at the bottom, once lfmq.devices.build exist
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -291,3 +292,28 @@ def test_real_runner_error_and_interrupt_over_ssh(device, host_bundle, small_f16
         device.run_json([runner, "generate", "-m", model, "--tokens", "1,6,1500", "-n", "3000", "-t", "2", "-c",
                          "4096", "--ignore-eos"], on_event=first_token)
     assert wait_gone(model) == []
+
+
+def test_bench_and_generate_over_ssh_from_the_cli(sshd, host_bundle, small_f16, tmp_path):
+    """What a user types: `lfmq bench/generate MODEL --device ssh://ALIAS` (the alias from an ssh config), into the
+    same report a local run writes, with the device and the build recorded; nothing left running."""
+    from conftest import run_cli
+
+    env = {"LFMQ_SSH_CONFIG": str(sshd.config), "LFMQ_DEVICE_DIR": str(tmp_path / "remote")}
+    out = run_cli("bench", str(small_f16), "--device", f"ssh://{ALIAS}", "--profile", "host", "-p", "16", "-n", "4",
+                  "-r", "1", "-t", "2", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["device"]["kind"] == "ssh" and report["device"]["name"] == f"ssh://{ALIAS}"
+    assert report["device"]["emulated"] is False and report["device"]["build"] == host_bundle.manifest
+    assert [(t["n_prompt"], t["n_gen"]) for t in report["tests"]] == [(16, 0), (0, 4)]
+    pushed = sorted(p.name for p in (tmp_path / "remote").rglob("*") if p.is_file())
+    assert small_f16.name in pushed and "lfmq-run" in pushed
+    args = ["-p", "hello", "--raw", "--max-tokens", "6", "--ignore-eos", "--json"]
+    there = run_cli("generate", str(small_f16), *args, "--device", f"ssh://{ALIAS}", "--profile", "host", env=env)
+    here = run_cli("generate", str(small_f16), *args, "--temperature", "0")
+    assert there.returncode == 0 and here.returncode == 0, (there.stderr, here.stderr)
+    assert json.loads(there.stdout)["text"] == json.loads(here.stdout)["text"]
+    assert wait_gone(str(tmp_path / "remote")) == []
+    bad = run_cli("bench", str(small_f16), "--device", "ssh://lfmq-test-badkey", "-p", "8", "-n", "0", "-r", "1", env=env)
+    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

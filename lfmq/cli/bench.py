@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from lfmq.cli.app import app
-from lfmq.cli.options import Force, Json, Lora
+from lfmq.cli.options import DeviceUri, Force, Json, Lora
 
 
 @app.command()
@@ -25,6 +25,7 @@ def bench(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Also write the results as JSON to FILE.")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Write report.json, report.md and report.html to DIR.")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Compare two report JSON files (B / A).")] = None,
+    device: DeviceUri = None,
     lora: Lora = None,
     force: Force = False,
     json: Json = False,
@@ -44,7 +45,7 @@ def bench(
         raise UsageError("give one or more GGUF files to measure (or --compare A.json B.json)")
     with ui.step_bar("bench") as progress:
         result = run_bench(models, profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
-                           depth=depth, progress=progress,
+                           depth=depth, progress=progress, device=device,
                            knobs={"lora": lora_settings(lora)} if lora else None)
     ui.print_json(result.to_dict()) if json else ui.show_bench(result)  # report.json's shape, from one place
     if output:

@@ -42,3 +42,6 @@ System = Annotated[Optional[str], typer.Option("--system", help="System prompt."
 Lora = Annotated[Optional[list[Path]], typer.Option("--lora", help="GGUF LoRA adapter to apply at run time (repeat "
                                                              "for several); `lfmq convert ADAPTER --base BASE "
                                                              "--lora-out` makes one.")]
+DeviceUri = Annotated[Optional[str], typer.Option("--device", help="Where to run: local (default), "
+                                                                   "ssh://host, ssh://user@host:port, adb, adb:SERIAL or "
+                                                                   "qemu:PROFILE (emulated: not a device speed).")]

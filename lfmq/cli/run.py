@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from lfmq.cli.app import Interrupted, app
-from lfmq.cli.options import (Force, GGUFPath, IgnoreEos, Json, Lora, MaxTokens, NCtx, Profile, RepeatPenalty, Seed,
+from lfmq.cli.options import (DeviceUri, Force, GGUFPath, IgnoreEos, Json, Lora, MaxTokens, NCtx, Profile, RepeatPenalty, Seed,
                               System, Temperature, ToolChoice, Tools, TopK, TopP, Threads)
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ def generate(
     n_ctx: NCtx = None,
     threads: Threads = None,
     lora: Lora = None,
+    device: DeviceUri = None,
     json: Json = False,
 ) -> None:
     """Answer one prompt (for scripts): streams the text, or prints text, tool calls and stats as JSON."""
@@ -61,6 +62,13 @@ def generate(
         raise UsageError("--raw sends the prompt without the chat template: drop --tools and --system, or --raw")
     text = sys.stdin.read() if prompt == "-" else prompt
     tool_defs = load_tools(tools) if tools else None
+    if device and device.strip() != "local":
+        reply = _generate_on_device(device, model, text, system, raw, tool_defs, tool_choice, max_tokens, ignore_eos,
+                                    profile, n_ctx, threads, lora, json,
+                                    sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                                                  repeat_penalty=repeat_penalty, seed=seed))
+        ui.print_json(reply) if json else ui.show_reply_end(reply)
+        return
     m = open_model(model, profile, n_ctx, threads, lora)
     knobs = dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
                  repeat_penalty=repeat_penalty, seed=seed)
@@ -71,6 +79,32 @@ def generate(
         stream = stream_chat(m, messages, tools=tool_defs, tool_choice=tool_choice, **knobs)
     reply = collect(m, stream, None if json else ui.stream_text)
     ui.print_json(reply) if json else ui.show_reply_end(reply)
+
+
+def _generate_on_device(device: str, model: Path, text: str, system: str | None, raw: bool, tools: Any,
+                        tool_choice: str, max_tokens: int, ignore_eos: bool, profile: str | None, n_ctx: int | None,
+                        threads: int | None, lora: list[Path] | None, json: bool, sampling: dict[str, Any]) -> Any:
+    """generate --device: lfmq-run decodes greedily there; what it cannot do is a usage error, not a silent change."""
+    from lfmq import ui
+    from lfmq.devices.session import generate_on_device
+    from lfmq.errors import UsageError
+
+    unsupported = [f"--{k.replace('_', '-')}" for k, v in sampling.items() if v is not None and
+                   not (k == "temperature" and v == 0)]
+    if lora:
+        unsupported.append("--lora")
+    if tool_choice != "auto":
+        unsupported.append("--tool-choice")
+    if unsupported:
+        raise UsageError(f"on a device, generate decodes greedily with the tools offered in the prompt: drop "
+                         f"{', '.join(unsupported)} (or run it here without --device)")
+    if profile is not None and Path(profile).suffix in (".json", ".toml"):
+        raise UsageError("--profile with --device names a device profile (lfmq devices), not a file of knobs")
+    messages = None if raw else ([{"role": "system", "content": system}] if system else []) + \
+        [{"role": "user", "content": text}]
+    return generate_on_device(device, model, text, messages=messages, tools=tools, max_tokens=max_tokens,
+                              ignore_eos=ignore_eos, profile=profile, n_ctx=n_ctx, threads=threads,
+                              on_text=None if json else ui.stream_text)
 
 
 @app.command()

@@ -150,8 +150,10 @@ def parse_device(uri: str | None = None, *, ssh_config: str | Path | None = None
                  ) -> Device:
     """A Device from its URI: local (default), ssh://[user@]host[:port], adb[:SERIAL], qemu:PROFILE. ssh_config is
     an ssh config file for ssh devices (default: $LFMQ_SSH_CONFIG, else ssh's own); work_dir overrides where a remote
-    device keeps lfmq's files (~/.cache/lfmq-device over ssh, /data/local/tmp/lfmq over adb)."""
+    device keeps lfmq's files (default: $LFMQ_DEVICE_DIR, else ~/.cache/lfmq-device over ssh, /data/local/tmp/lfmq
+    over adb)."""
     uri = (uri or "local").strip()
+    work_dir = work_dir or os.environ.get("LFMQ_DEVICE_DIR") or None
     if uri == "local":
         return LocalDevice()
     if uri.startswith("ssh://"):

@@ -1,0 +1,95 @@
+"""`lfmq bench --device URI`: the same cases as a local bench, run by lfmq-run on the device (lfmq/devices/session.py
+gets it there), read back as the CaseResults a local case prints and reported in the same BenchReport, with the
+device, its CPU features and the build's manifest recorded. Runs under qemu are labelled emulated."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from lfmq.bench.case import CHAT, CaseResult
+from lfmq.bench.result import BenchReport, BuildInfo, Device
+from lfmq.devices.profiles import Profile
+
+Progress = Callable[[str, int, int], None]
+FLAGS = {"n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c", "type_k": "-ctk", "type_v": "-ctv"}
+
+
+def runner_flags(knobs: dict[str, Any]) -> list[str]:
+    """lfmq-run's flags for runtime knobs (threads, n_ctx, n_batch, n_ubatch, KV types, mmap, flash attention)."""
+    out = ["-t", str(knobs["threads"])]
+    for key, flag in FLAGS.items():
+        if knobs.get(key) is not None:
+            out += [flag, str(knobs[key])]
+    if knobs.get("use_mmap") is not None:
+        out += ["--mmap", "1" if knobs["use_mmap"] else "0"]
+    if "flash_attn" in knobs:
+        fa = knobs["flash_attn"]
+        out += ["-fa", "-1" if fa is None else "1" if fa else "0"]
+    return out
+
+
+def chat_tokens(model: Path) -> list[int]:
+    """The time-to-first-token prompt as lfmq renders it (the model's Jinja template), tokenized here."""
+    from lfmq.runtime.model import load
+
+    with load(model, n_ctx=512, threads=1) as m:
+        return list(m.tokenize(m.render(CHAT, add_generation_prompt=True), special=True))
+
+
+def bench_on_device(uri: str, paths: list[Path], metas: list[Any], *, profile: str | None, n_prompt: int, n_gen: int,
+                    reps: int, threads: list[int] | None, depth: int, knobs: dict[str, Any] | None,
+                    progress: Progress | None) -> BenchReport:
+    from lfmq import __version__
+    from lfmq.bench.run import _load_knobs, _machine, _test, sha256
+    from lfmq.devices.predict import predict, shape_of
+    from lfmq.devices.profiles import HOST, get_profile
+    from lfmq.devices.session import DeviceSession
+    from lfmq.errors import DeviceError, UsageError
+
+    if knobs and knobs.get("lora"):
+        raise UsageError("--lora is not supported with --device: merge the adapter (lfmq convert --lora) and bench "
+                         "the merged file")
+    n_ctx = n_prompt + n_gen + depth + 1
+    ttft = {p: chat_tokens(p) for p in paths}   # before connecting: a model lfmq cannot load fails here
+    with DeviceSession.open(uri, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
+        if s.profile == HOST:
+            from lfmq.bench.run import profile_used
+
+            prof: Profile = profile_used(HOST)
+        else:
+            prof = get_profile(s.profile)
+        base = _load_knobs(prof.runtime)
+        base["n_ctx"] = max(int(base.get("n_ctx", 4096)), n_ctx)
+        counts = threads or [base.get("threads") or s.info.cores or 1]
+        cases = [(p, t, np_, ng) for p in paths for t in counts for np_, ng in ((n_prompt, 0), (0, n_gen))
+                 if np_ or ng]
+        digests = {p: sha256(p) for p in paths}
+        tests, system_info = [], "?"
+        for i, (path, t, np_, ng) in enumerate(cases):
+            if progress:
+                progress("cases", i, len(cases))
+            argv = [s.runner, "bench", "-m", s.models[path], "-p", str(np_), "-n", str(ng), "-d", str(depth),
+                    "-r", str(reps), *runner_flags({**base, "threads": t}),
+                    "--ttft-tokens", ",".join(map(str, ttft[path]))]
+            raw = next((e for e in reversed(s.run_json(argv)) if "samples_ns" in e), None)
+            if raw is None:
+                raise DeviceError(f"lfmq-run printed no result on {s.device.uri}: rebuild with lfmq build --force")
+            system_info = raw.get("system_info", system_info)
+            tests.append(_test(path, digests[path], np_, ng, depth, CaseResult.from_dict(raw)))
+        if progress:
+            progress("cases", len(cases), len(cases))
+        manifest = s.build.manifest
+        runner_sha = manifest.get("files", {}).get("lfmq-run", {}).get("sha256", "?")
+        src = manifest.get("llama_cpp", "?")
+        if isinstance(src, dict):
+            src = f"{src.get('commit', '?')} (ggml {src.get('ggml_version', '?')})"
+        build = BuildInfo(llama_cpp_python=str(manifest.get("llama_cpp_python", "?")),
+                          llama_cpp=str(src), libllama_sha256=runner_sha[:16],
+                          system_info=system_info)
+        device = Device(**s.record())
+    prof = replace(prof, runtime={**prof.runtime, **base})
+    return BenchReport(__version__, build, _machine(), prof, tests, [predict(prof, shape_of(m)) for m in metas], metas,
+                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), device)
