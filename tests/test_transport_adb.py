@@ -111,3 +111,30 @@ def test_interrupt_stops_the_process_on_the_device(adb, tmp_path):
     assert wait_gone(tag) == []
     assert any("kill -TERM" in line for line in log.read_text().splitlines())   # stopped through `adb shell`
     assert not list((adb.root / "data/local/tmp/lfmq/run").glob("*.pid"))
+
+
+def test_bench_and_generate_through_the_cli_over_the_fake_adb(adb, small_f16, tmp_path):
+    """`lfmq bench/generate MODEL --device adb:SERIAL` end to end over the FAKE adb (plumbing only: the host build
+    runs locally under the fake's root; no phone is involved): the bundle and model pushed once, the report records
+    an adb device, a second run pushes nothing, and two phones without a serial is one line naming both."""
+    import json
+
+    from conftest import run_cli
+
+    log = adb("R5CW30ABCDE")
+    args = ["-p", "8", "-n", "2", "-r", "1", "-t", "2", "--profile", "host"]
+    out = run_cli("bench", str(small_f16), "--device", "adb:R5CW30ABCDE", *args, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["device"]["kind"], report["device"]["name"]) == ("adb", "adb:R5CW30ABCDE")
+    assert report["device"]["build"]["profile"] == "host" and len(report["tests"]) == 2
+    first = pushes(log)
+    assert any(small_f16.name in p for p in first) and any("lfmq-run" in p for p in first)
+    gen = run_cli("generate", str(small_f16), "-p", "hi", "--raw", "--max-tokens", "3", "--ignore-eos", "--json",
+                  "--device", "adb", "--profile", "host")
+    assert gen.returncode == 0 and json.loads(gen.stdout)["stats"]["generated_tokens"] == 3, gen.stderr
+    assert pushes(log) == first
+    adb("R5CW30ABCDE", "emulator-5554")
+    two = run_cli("bench", str(small_f16), "--device", "adb", *args)
+    assert two.returncode == 1 and "R5CW30ABCDE" in two.stderr and "emulator-5554" in two.stderr
+    assert len(two.stderr.strip().splitlines()) == 1
