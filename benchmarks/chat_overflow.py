@@ -1,0 +1,129 @@
+"""Benchmark a long conversation on a small context (issue 13 item 1) and a regenerate after 10 turns (issue 10 item 3).
+
+In one run, on one model (default: a tiny synthetic LFM2 with the 350M's 65536-token vocabulary, made in the work
+dir; the counts depend on the tokenizer and the turn lengths only, so the synthetic 350M gives the same; pass --model
+for seconds that mean something):
+1. Overflow: n_ctx 1024, a short system prompt, short questions and 24-token answers (end of turn banned), as in the
+   issue. Turns run until the context first overflows, then --turns more, with overflow_share 0 (before: drop one
+   turn at a time, as lfmq did) and 0.5 (after: the default). Prints the mean prompt tokens evaluated per turn over
+   the turns after the first overflow against the turn's own new tokens (target: at most 3x), the same counting the
+   answer's tokens too, the re-prefills and the prompt seconds per turn.
+2. Regenerate: 10 turns, then Chat.regenerate(): prompt tokens evaluated with no checkpoints (before: the whole
+   conversation again) and with the turn-boundary checkpoints (after: the last turn only).
+
+    .venv/bin/python benchmarks/chat_overflow.py [--model GGUF] [--turns 100] [--threads N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, default_threads, emit_json  # noqa: E402
+
+import lfmq  # noqa: E402
+from lfmq.runtime import Chat, load  # noqa: E402
+
+SYSTEM = "You are a terse assistant. Answer in one short sentence."
+ANSWER = 24
+N_CTX = 1024
+
+
+def question(i: int) -> str:
+    return f"What is {i} times {i + 3}?"
+
+
+def own_tokens(model: lfmq.Model, user: str) -> int:
+    """The tokens a turn adds after the previous answer: its end marker, the message, the next header."""
+    return len(model.tokenize(f"<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"))
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="an LFM2 GGUF (default: a tiny synthetic one in --workdir)")
+    ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "out" / "chat-overflow")
+    ap.add_argument("--turns", type=int, default=100, help="turns measured after the first overflow (default 100)")
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--json", type=Path, metavar="FILE")
+    return ap.parse_args()
+
+
+def tiny_model(workdir: Path) -> Path:
+    out = workdir / "tiny-v65536-F32.gguf"
+    if not out.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        lfmq.synth("tiny", workdir / "tiny", overrides={"vocab_size": 65536}, force=True)
+        lfmq.convert(workdir / "tiny", out, outtype="f32", force=True)
+    return out
+
+
+def overflow_run(model: lfmq.Model, share: float, turns: int) -> dict:
+    model.reset()
+    session = Chat(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7, overflow_share=share)
+    rows, first, i = [], None, 0
+    while first is None or i < first + 1 + turns:
+        s = session.send(question(i)).stats
+        if first is None and s.dropped_turns:
+            first = i
+        rows.append((i, s, own_tokens(model, question(i))))
+        i += 1
+    after = [(s, own) for j, s, own in rows if first < j <= first + turns]
+    evaluated = statistics.fmean(s.prompt_evaluated for s, _ in after)
+    own = statistics.fmean(o for _, o in after)
+    generated = statistics.fmean(s.generated_tokens for s, _ in after)
+    return {
+        "overflow_share": share, "first_overflow_turn": first + 1, "turns_measured": len(after),
+        "own_tokens_per_turn": round(own, 2),
+        "turns_before_overflow_evaluated": statistics.fmean(s.prompt_evaluated for j, s, _ in rows[1:first]),
+        "prompt_evaluated_per_turn": round(evaluated, 2), "ratio": round(evaluated / own, 2),
+        "with_answer_ratio": round((evaluated + generated) / (own + generated), 2),
+        "reprefills": sum(s.reprefill for s, _ in after), "overflow_steps": sum(bool(s.dropped_turns) for s, _ in after),
+        "turns_dropped_per_step": round(statistics.fmean([s.dropped_turns for s, _ in after if s.dropped_turns] or [0]), 2),
+        "max_prompt_evaluated": max(s.prompt_evaluated for s, _ in after),
+        "prompt_seconds_per_turn": round(statistics.fmean(s.prompt_seconds for s, _ in after), 4),
+    }
+
+
+def regenerate_run(model: lfmq.Model, checkpoints: bool) -> dict:
+    model.reset()
+    model.checkpoint_bytes = lfmq.runtime.model.CHECKPOINT_BYTES if checkpoints else 0
+    session = Chat(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7)
+    for i in range(10):
+        session.send(question(i))
+    s = session.regenerate().stats
+    model.checkpoint_bytes = lfmq.runtime.model.CHECKPOINT_BYTES
+    return {"checkpoints": checkpoints, "prompt_tokens": s.prompt_tokens, "prompt_evaluated": s.prompt_evaluated,
+            "prompt_seconds": round(s.prompt_seconds, 4), "checkpoint_bytes": sum(b for _, b in model.checkpoints)}
+
+
+def main() -> None:
+    args = parse_args()
+    path = args.model or tiny_model(args.workdir)
+    summary: dict = {"model": str(path), "n_ctx": N_CTX, "answer_tokens": ANSWER}
+    with load(path, n_ctx=N_CTX, threads=args.threads) as model:
+        before, after = overflow_run(model, 0.0, args.turns), overflow_run(model, 0.5, args.turns)
+        summary["overflow"] = {"before": before, "after": after}
+        for label, r in (("before (share 0)", before), ("after (share 0.5)", after)):
+            print(f"{label}: first overflow at turn {r['first_overflow_turn']}; over the {r['turns_measured']} turns "
+                  f"after it, {r['prompt_evaluated_per_turn']} prompt tokens evaluated per turn for "
+                  f"{r['own_tokens_per_turn']} of its own = {r['ratio']}x (counting the {ANSWER}-token answers: "
+                  f"{r['with_answer_ratio']}x); {r['reprefills']} re-prefills, {r['overflow_steps']} overflow steps "
+                  f"of {r['turns_dropped_per_step']} turns; {r['prompt_seconds_per_turn'] * 1000:.1f} ms prompt/turn")
+        print(f"overflow: after/before tokens evaluated per turn = "
+              f"{after['prompt_evaluated_per_turn'] / before['prompt_evaluated_per_turn']:.3f}; "
+              f"target after <= 3x own tokens: {'met' if after['ratio'] <= 3 else 'MISSED'} ({after['ratio']}x)")
+        without, with_ = regenerate_run(model, False), regenerate_run(model, True)
+        summary["regenerate"] = {"before": without, "after": with_}
+        print(f"regenerate after 10 turns: before {without['prompt_evaluated']} of {without['prompt_tokens']} prompt "
+              f"tokens evaluated ({without['prompt_seconds'] * 1000:.1f} ms), after {with_['prompt_evaluated']} "
+              f"({with_['prompt_seconds'] * 1000:.1f} ms, checkpoints holding {with_['checkpoint_bytes']} bytes): "
+              f"{without['prompt_evaluated'] / with_['prompt_evaluated']:.1f}x fewer")
+    emit_json(summary, args.json)
+
+
+if __name__ == "__main__":
+    main()
