@@ -7,11 +7,13 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+from lfmq.progress import Progress
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -43,16 +45,26 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(label: str, bytes_unit: bool = True) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on a terminal (stderr); a no-op callback otherwise, so pipes and logs stay clean."""
+def progress_bar(label: str, bytes_unit: bool = False) -> Iterator[Progress]:
+    """The CLI's one adapter of lfmq.progress.Progress: a rich bar per `what` on a terminal (stderr), labelled
+    "<label> <what>", counting bytes or steps; a no-op callback off a terminal, so pipes and logs stay clean."""
     if not err.is_terminal:
-        yield lambda done, total: None
+        yield lambda what, done, total: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn()]
-    columns += [DownloadColumn()] if bytes_unit else [TextColumn("{task.completed}/{task.total}")]
-    with Progress(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+    count = DownloadColumn() if bytes_unit else TextColumn("{task.completed}/{task.total}")
+    with RichProgress(TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(), console=err,
+                  transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(f"{label} {what}", total=total or None)
+            bar.update(tasks[what], completed=done, total=total or None)
+
+        yield update
+
+
+step_bar = progress_bar  # the old name, until lfmq/cli/bench.py (being edited elsewhere) says progress_bar
 
 
 def human_bytes(n: int) -> str:
@@ -119,24 +131,6 @@ def show_inspect(info: Any) -> None:
     ]
     rows += [(k, str(v)) for k, v in info.provenance.items()]
     _rows(rows)
-
-
-@contextmanager
-def step_bar(label: str) -> Iterator[Callable[[str, int, int], None]]:
-    """A bar for counted steps (tensors, chunks); the callback takes (what, done, total). Silent off a terminal."""
-    if not err.is_terminal:
-        yield lambda what, done, total: None
-        return
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(what: str, done: int, total: int) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(f"{label} {what}", total=total)
-            bar.update(tasks[what], completed=done, total=total)
-
-        yield update
 
 
 def _table(headers: list[str], rows: list[list[str]], align: str) -> None:

@@ -128,10 +128,10 @@ def test_build_tool_progress_and_last_error_line() -> None:
     script = ("import sys\nfor i in range(1, 4): print(f'[{i}/5] Building CXX object x{i}.o')\n"
               "print('[ 80%] Linking')\nprint('src/x.cpp:3:1: error: expected ; after expression')\n"
               "print('ninja: build stopped: subcommand failed.')\nsys.exit(1)\n")
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[str, int, int]] = []
     with pytest.raises(BuildError) as e:
-        B._run("compile", [sys.executable, "-c", script], {}, lambda d, t: seen.append((d, t)))
-    assert seen == [(1, 5), (2, 5), (3, 5), (80, 100)]
+        B._run("compile", [sys.executable, "-c", script], {}, lambda what, d, t: seen.append((what, d, t)))
+    assert seen == [("compile", 1, 5), ("compile", 2, 5), ("compile", 3, 5), ("compile", 80, 100)]
     assert str(e.value) == "compile failed (python exit 1): src/x.cpp:3:1: error: expected ; after expression"
     assert "\n" not in str(e.value)
 

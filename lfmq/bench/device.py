@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lfmq.bench.case import CHAT, CaseResult
 from lfmq.bench.result import BenchReport, BuildInfo, Device
 from lfmq.devices.profiles import Profile
+from lfmq.progress import Progress
 
-Progress = Callable[[str, int, int], None]
 FLAGS = {"n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c", "type_k": "-ctk", "type_v": "-ctv"}
 
 

@@ -33,7 +33,7 @@ def convert(
     from lfmq import ui
     from lfmq.convert import convert as run
 
-    with ui.progress_bar("converting") as progress:
+    with ui.progress_bar("converting", bytes_unit=True) as progress:
         result = run(src, output, outtype=outtype, revision=revision, force=force, progress=progress, lora=lora,
                      base=base, lora_out=lora_out)
     ui.print_json(result) if json else ui.show_convert(result)
@@ -54,7 +54,7 @@ def synth(
     from lfmq import ui
     from lfmq.convert.synth import synth as run
 
-    with ui.progress_bar("synthesizing", bytes_unit=False) as progress:
+    with ui.progress_bar("synthesizing") as progress:
         result = run(preset, output, seed=seed, force=force, progress=progress)
     ui.print_json(result) if json else ui.show_synth(result)
 

@@ -66,6 +66,38 @@ def devices_recipe(name: Annotated[str, typer.Argument(help="Profile name.", sho
     ui.show_recipe(recipe(get_profile(name)))
 
 
+@devices_app.command("calibrate")
+def devices_calibrate(
+    report: Annotated[Path, typer.Argument(help="A report.json from lfmq bench run on the device.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="The profile file to write (default: "
+                                                   "NAME-calibrated.json).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="The new profile's name (default: the report's profile's).")] = None,
+    force: Force = False,
+    json: Json = False,
+) -> None:
+    """Write a device profile whose predictions are calibrated on your own bench report from that device."""
+    import json as json_mod
+
+    from lfmq import ui
+    from lfmq.atomic import atomic_path
+    from lfmq.bench.result import load_report
+    from lfmq.devices.calibration import calibrate_report, profile_data
+
+    profile = calibrate_report(load_report(report), name)
+    out = output or Path(f"{profile.name}-calibrated.json")
+    with atomic_path(out, force) as tmp:
+        tmp.write_text(json_mod.dumps(profile_data(profile), indent=2) + "\n", encoding="utf-8")
+    if json:
+        ui.print_json({"profile": str(out), "calibration": profile.calibration})
+        return
+    c = profile.calibration
+    ui.wrote(out)
+    for key in ("decode_efficiency", "prefill_efficiency"):
+        if key in c:
+            ui.notice(f"{key.replace('_', ' ')}: {c[key]:.3f}")
+    ui.notice(f"use it: lfmq devices show {out} --model MODEL.gguf, or lfmq bench --profile {out}")
+
+
 @app.command()
 def build(
     profile: Annotated[str, typer.Argument(help="Device profile name (see lfmq devices).", show_default=False)],
@@ -82,7 +114,7 @@ def build(
     from lfmq import ui
     from lfmq.devices.build import build as run
 
-    with ui.progress_bar("building", bytes_unit=False) as progress:
+    with ui.progress_bar("building") as progress:
         result = run(profile, output, force=force, jobs=jobs, llama_bench=llama_bench, toolchain=toolchain,
                      progress=progress)
     ui.print_json(result) if json else ui.show_build(result)

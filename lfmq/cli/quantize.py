@@ -40,15 +40,15 @@ def quantize(
     from lfmq.quantize import quantize as run
     from lfmq.quantize.eval import evaluate
 
-    with ui.step_bar("quantizing") as progress:
+    with ui.progress_bar("quantizing") as progress:
         results = run(model, types, output, imatrix=imatrix, output_tensor_type=output_tensor_type,
                       token_embedding_type=token_embedding_type, tensor_type=tensor_type, pure=pure, threads=threads,
                       dry_run=dry_run, allow_requantize=allow_requantize, force=force, progress=progress)
     report = None
     if eval and not dry_run:
-        with ui.step_bar("evaluating") as progress:
+        with ui.progress_bar("evaluating") as progress:
             report = evaluate([r.path for r in results], model, threads=threads, chunks=eval_chunks,
-                              progress=lambda i, n: progress("chunks", i, n))
+                              progress=progress)
     if json:
         ui.print_json({"outputs": results, "eval": report})
     else:
@@ -72,9 +72,9 @@ def imatrix(
     from lfmq import ui
     from lfmq.quantize.imatrix import compute_imatrix
 
-    with ui.step_bar("imatrix") as progress:
+    with ui.progress_bar("imatrix") as progress:
         result = compute_imatrix(model, output, file=file, chunks=chunks, n_ctx=n_ctx, threads=threads, force=force,
-                                 progress=lambda i, n: progress("chunks", i, n))
+                                 progress=progress)
     ui.print_json(result) if json else ui.show_imatrix(result)
 
 
@@ -95,8 +95,7 @@ def eval_models(
     from lfmq import ui
     from lfmq.quantize.eval import evaluate
 
-    with ui.step_bar("evaluating") as progress:
+    with ui.progress_bar("evaluating") as progress:
         report = evaluate(models, reference, file=file, n_ctx=n_ctx, chunks=chunks, threads=threads, task=task,
-                          progress=lambda i, n: progress("chunks", i, n),
-                          task_progress=lambda i, n: progress("task cases", i, n))
+                          progress=progress)
     ui.print_json(report) if json else ui.show_eval(report)

@@ -16,8 +16,9 @@ from lfmq.convert.source import Checkpoint, resolve
 from lfmq.convert.lora import WEIGHTS, Adapter, base_warnings, check_base, is_adapter, load_adapter
 from lfmq.convert.tensors import OUTTYPES, TensorPlan, plan, resolve_outtype
 from lfmq.convert.vocab import load_vocab, write_vocab
-from lfmq.convert.writer import Progress, Provenance, write_general, write_gguf
+from lfmq.convert.writer import Provenance, write_general, write_gguf
 from lfmq.errors import UsageError
+from lfmq.progress import Progress
 
 SYNTHETIC_CONFIG_KEY = "lfmq_synthetic"  # set in config.json by `lfmq synth`
 
@@ -49,7 +50,7 @@ def _model_name(ckpt: Checkpoint) -> str:
 
 def convert(
     src: str | Path,
-    out: str | Path | None = None,
+    output: str | Path | None = None,
     *,
     outtype: str = "auto",
     revision: str | None = None,
@@ -71,9 +72,9 @@ def convert(
     if lora_out:
         from lfmq.convert.lora_gguf import convert_adapter
 
-        return convert_adapter(lora, src, out, outtype=outtype, revision=revision, force=force, progress=progress)
-    if out is not None:
-        check_target(Path(out), force)
+        return convert_adapter(lora, src, output, outtype=outtype, revision=revision, force=force, progress=progress)
+    if output is not None:
+        check_target(Path(output), force)
     started = time.perf_counter()
     adapter = load_adapter(lora) if lora is not None else None  # its own checks come before the base's weights
     ckpt = resolve(src, revision, check=_check_config)
@@ -85,7 +86,7 @@ def convert(
         if adapter is not None:
             plans = _merge(adapter, arch, plans)
         vocab = load_vocab(ckpt.folder, hp.n_vocab, ckpt.config)
-        target = Path(out) if out is not None else default_output(ckpt, kind)
+        target = Path(output) if output is not None else default_output(ckpt, kind)
         n_params = sum(p.n_params for p in plans)
         n_ff = next((p.shape[0] for p in plans if p.src.endswith("feed_forward.w1.weight")), hp.n_ff)
         synthetic = ckpt.config.get(SYNTHETIC_CONFIG_KEY)

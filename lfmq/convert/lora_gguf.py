@@ -19,14 +19,15 @@ from lfmq.convert.lora import WEIGHTS, Adapter, base_warnings, check_base, load_
 from lfmq.convert.safetensors import SafetensorsReader
 from lfmq.convert.source import Checkpoint, resolve
 from lfmq.convert.tensors import CHECKPOINT_OUTTYPE, OUTTYPES, TensorPlan, _gguf_name, _tensor_type, plan
-from lfmq.convert.writer import KEY_LFMQ_LORA, KEY_LFMQ_LORA_BASE, KEY_LFMQ_SOURCE, KEY_LFMQ_VERSION, Progress, write_gguf
+from lfmq.convert.writer import KEY_LFMQ_LORA, KEY_LFMQ_LORA_BASE, KEY_LFMQ_SOURCE, KEY_LFMQ_VERSION, write_gguf
 from lfmq.errors import UsageError
+from lfmq.progress import Progress
 
 
 def convert_adapter(
     adapter_dir: str | Path,
     base: str | Path,
-    out: str | Path | None = None,
+    output: str | Path | None = None,
     *,
     outtype: str = "auto",
     revision: str | None = None,
@@ -36,8 +37,8 @@ def convert_adapter(
     """Write a PEFT LoRA adapter as a GGUF LoRA adapter for `base`, after checking every module against the base."""
     from lfmq import __version__
 
-    if out is not None:
-        check_target(Path(out), force)
+    if output is not None:
+        check_target(Path(output), force)
     started = time.perf_counter()
     adapter = load_adapter(adapter_dir)
     ckpt = resolve(base, revision, check=_check_config, config_only=True)
@@ -63,7 +64,7 @@ def convert_adapter(
     writer.add_string(KEY_LFMQ_SOURCE, adapter.folder.name)
     writer.add_string(KEY_LFMQ_LORA, adapter.folder.name)
     writer.add_string(KEY_LFMQ_LORA_BASE, ckpt.origin)
-    target = Path(out) if out is not None else Path.cwd() / f"{adapter.folder.name}-LoRA-{kind.upper()}.gguf"
+    target = Path(output) if output is not None else Path.cwd() / f"{adapter.folder.name}-LoRA-{kind.upper()}.gguf"
     with SafetensorsReader([adapter.folder / WEIGHTS]) as reader, atomic_path(target, force) as tmp:
         size = write_gguf(writer, tmp, reader, plans, progress)
     return ConvertResult(

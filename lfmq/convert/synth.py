@@ -17,6 +17,7 @@ import numpy as np
 from lfmq.convert import arch as archs
 from lfmq.convert.synth_vocab import build_tokenizer, tokenizer_config
 from lfmq.errors import OutputExistsError, UsageError
+from lfmq.progress import Progress
 
 # name -> (config.json fields that differ per size, published parameter count or None)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -48,8 +49,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 TINY = ("tiny", "tiny-moe")
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 RANDOM_NOTE = "RANDOM WEIGHTS: shape-exact for speed and memory measurements; the model knows no language"
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -139,7 +138,7 @@ def _write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: st
 
 def synth(
     preset: str,
-    out: str | Path,
+    output: str | Path,
     *,
     seed: int = 0,
     dtype: str = "bf16",
@@ -154,9 +153,9 @@ def synth(
         raise UsageError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise OutputExistsError(f"{out} exists and is not empty: pass --force to overwrite it")
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise OutputExistsError(f"{output} exists and is not empty: pass --force to overwrite it")
     started = time.perf_counter()
     cfg = {**make_config(preset, tied=tied), **(overrides or {})}
     cfg["lfmq_synthetic"] = {"preset": preset, "seed": seed, "note": RANDOM_NOTE}
@@ -172,19 +171,19 @@ def synth(
         values = rng.standard_normal(shapes[name], dtype=np.float32) * np.float32(std) + np.float32(mean)
         return _encode(values, DTYPES[dtype])
 
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = output.with_name(f".{output.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         size = _write_all(tmp, cfg, shapes, DTYPES[dtype], fill, shards, seed, progress)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     head = hp.n_vocab * hp.n_embd if "lm_head.weight" in shapes else 0
-    return SynthResult(out.resolve(), preset, n_params, size, time.perf_counter() - started, seed,
+    return SynthResult(output.resolve(), preset, n_params, size, time.perf_counter() - started, seed,
                        active_parameters=arch.active_parameters(hp, hp.n_ff) + head)
 
 
@@ -198,7 +197,7 @@ def _write_all(folder: Path, cfg: dict, shapes: dict, dtype: str, fill: Callable
         size += _write_safetensors(folder / fname, {n: shapes[n] for n in group}, dtype, fill)
         weight_map.update({n: fname for n in group})
         if progress:
-            progress(k + 1, len(groups) + 1)
+            progress("files", k + 1, len(groups) + 1)
     if shards > 1:
         index = {"metadata": {"total_size": size}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -208,5 +207,5 @@ def _write_all(folder: Path, cfg: dict, shapes: dict, dtype: str, fill: Callable
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(template), indent=2, ensure_ascii=False))
     (folder / "README.md").write_text(f"# lfmq synthetic checkpoint\n\n{RANDOM_NOTE}.\n")
     if progress:
-        progress(len(groups) + 1, len(groups) + 1)
+        progress("files", len(groups) + 1, len(groups) + 1)
     return size

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import gguf
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from lfmq.convert.safetensors import SafetensorsReader
 from lfmq.convert.tensors import TensorPlan, chunks
 from lfmq.errors import CheckpointError
+from lfmq.progress import Progress
 
 # lfmq's own provenance keys (gguf has no standard key for the converter or for random weights)
 KEY_LFMQ_VERSION = "lfmq.version"
@@ -20,8 +20,6 @@ KEY_LFMQ_REVISION = "lfmq.source.revision"
 KEY_LFMQ_SYNTHETIC = "lfmq.synthetic"
 KEY_LFMQ_LORA = "lfmq.lora"            # a model: the LoRA adapter merged into it; an adapter: the adapter itself
 KEY_LFMQ_LORA_BASE = "lfmq.lora.base"  # an adapter: the base model it was checked against
-
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,8 @@ def write_gguf(
     plans: list[TensorPlan],
     progress: Progress | None = None,
 ) -> int:
-    """Stream every planned tensor into `path` after the metadata already added to `writer`; returns bytes written."""
+    """Stream every planned tensor into `path` after the metadata already added to `writer`; returns bytes written.
+    progress counts bytes of "weights"."""
     for p in plans:
         # the writer reverses the torch-order shape into GGUF order itself
         writer.add_tensor_info(p.name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
@@ -82,7 +81,7 @@ def write_gguf(
                 out.write(data)
                 written += len(data)
                 if progress:
-                    progress(done + written, total)
+                    progress("weights", done + written, total)
             if written != p.nbytes:
                 raise CheckpointError(f"tensor {p.src} produced {written} bytes, expected {p.nbytes}")
             writer.write_padding(out, written)

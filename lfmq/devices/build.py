@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from lfmq.devices.cpu_features import explain_sigill  # noqa: F401  (the transports look it up here)
 from lfmq.devices.llama_src import LlamaSource, cache_root, llama_source
@@ -30,8 +30,8 @@ from lfmq.devices.profiles import BuildSpec, build_spec, get_profile
 from lfmq.devices.toolchain import (Toolchain, cmake_args, find_toolchain, resolve_march, target_triple,
                                     write_zig_wrappers)
 from lfmq.errors import BuildError, OutputExistsError
+from lfmq.progress import Progress
 
-Progress = Callable[[int, int], None]   # (steps done, steps total) of the compile
 RUNNER = "lfmq-run"
 LLAMA_BENCH = "llama-bench"
 MANIFEST = "manifest.json"
@@ -52,12 +52,13 @@ class BuildResult:
         return self.bundle / RUNNER
 
 
-def build(profile: str, out: str | Path | None = None, *, force: bool = False, jobs: int | None = None,
+def build(profile: str, output: str | Path | None = None, *, force: bool = False, jobs: int | None = None,
           progress: Progress | None = None, llama_bench: bool = False, toolchain: str | None = None) -> BuildResult:
-    """Build (or take from the cache) the bundle for a device profile; copy it to `out` when given."""
+    """Build (or take from the cache) the bundle for a device profile; copy it to `output` when given. progress counts
+    the compiler's steps as "compile"."""
     started = time.perf_counter()
     spec = build_spec(get_profile(profile))
-    dest = _check_out(out, force)
+    dest = _check_out(output, force)
     tc = find_toolchain(spec, toolchain)
     spec = resolve_march(spec, tc)
     src = llama_source()
@@ -207,7 +208,7 @@ def _run(step: str, cmd: list[str], env: dict[str, str], progress: Progress | No
             m = _PROGRESS.match(line)
             if m and progress:
                 done, total = (int(m.group(1)), int(m.group(2))) if m.group(1) else (int(m.group(3)), 100)
-                progress(done, total)
+                progress(step, done, total)
         rc = proc.wait()
     except BaseException:  # Ctrl-C: stop the whole tool tree (cmake, ninja, the compilers), not only cmake
         os.killpg(proc.pid, signal.SIGKILL)

@@ -27,9 +27,9 @@ from typing import Any, Callable, Sequence
 from lfmq.devices.cpu_features import explain_sigill, fitting_profiles, is_sigill
 from lfmq.devices.profiles import ARM_FLAGS, X86_FLAGS
 from lfmq.errors import DeviceError, UsageError
+from lfmq.progress import Progress  # noqa: F401  (transport_remote takes it from here)
 
 LineCallback = Callable[[str], None]
-Progress = Callable[[str, int, int], None]   # (file name, bytes done, bytes total)
 STOP_GRACE_S = 3.0                            # SIGTERM, then SIGKILL after this long
 SIGILL_HINT = "the build uses instructions this CPU lacks: build for the device's profile"
 # Arm cores by the "CPU part" of /proc/cpuinfo, for devices whose cpuinfo has no model name (a Pi says only 0xd0b)

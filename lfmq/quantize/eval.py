@@ -16,16 +16,14 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from lfmq.errors import InputError, UsageError
+from lfmq.progress import Progress
 from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 from lfmq.quantize.tasks import TaskScore, evaluate_tasks, load_tasks
 from lfmq.quantize.texts import choose_text
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -140,11 +138,11 @@ def evaluate(
     n_batch: int = 2048,
     task: str | Path | None = None,
     progress: Progress | None = None,
-    task_progress: Progress | None = None,
 ) -> EvalReport:
     """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`; with a
     `task` file (JSONL of tool-call and extraction cases), each model's task scores too. n_batch // n_ctx chunks go
-    into one decode, as llama-perplexity's -b packs them (1 for one chunk at a time)."""
+    into one decode, as llama-perplexity's -b packs them (1 for one chunk at a time). progress counts "chunks", then
+    "task cases"."""
     if n_ctx < 16 or n_ctx % 2:
         raise UsageError(f"--n-ctx {n_ctx}: use an even context of at least 16 tokens")
     text = choose_text(text, file, default_text)
@@ -166,7 +164,7 @@ def evaluate(
     n_chunks = len(accs[0].nll)
     ref_ppl = accs[0].ppl()[0]
     task_started = time.perf_counter()
-    tasks = evaluate_tasks(models, reference, cases, threads=threads, progress=task_progress) if cases is not None else [None] * len(infos)
+    tasks = evaluate_tasks(models, reference, cases, threads=threads, progress=progress) if cases is not None else [None] * len(infos)
     task_seconds = time.perf_counter() - task_started if cases is not None else 0.0
     qualities = [_quality(info, acc, ref_ppl, t) for info, acc, t in zip(infos, accs, tasks)]
     return EvalReport(
@@ -207,7 +205,7 @@ def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | N
                 if ref_rows is None:
                     ref_rows = rows
         if progress:
-            progress(g + len(group), len(pieces))
+            progress("chunks", g + len(group), len(pieces))
     return accs
 
 

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -20,11 +19,11 @@ from lfmq.atomic import check_target
 from lfmq.errors import InputError, UsageError
 from lfmq.llama.ggml import GGMLTensor, eval_callback, op_namer, tensor_at
 from lfmq.llama.gguf_index import tensor_index
+from lfmq.progress import Progress
 from lfmq.quantize.imatrix_file import Imatrix, write_imatrix
 from lfmq.quantize.texts import choose_text
 from lfmq.quantize.chunks import ChunkEvaluator, chunks_of
 
-Progress = Callable[[int, int], None]
 GGML_TYPE_F32 = 0
 MIN_ROWS = 16  # llama-imatrix ignores multiplications over fewer tokens
 
@@ -133,7 +132,7 @@ class Collector:
 
 def compute_imatrix(
     model: str | Path,
-    out: str | Path = "imatrix.gguf",
+    output: str | Path = "imatrix.gguf",
     *,
     text: str | None = None,
     file: str | Path | None = None,
@@ -148,8 +147,8 @@ def compute_imatrix(
     """Run the model over calibration text and write the importance matrix of every `blk.*` weight. Chunks are cut as
     llama-imatrix cuts them; `<|...|>` markers are control tokens (llama-imatrix --parse-special), since lfmq's
     calibration text holds chat and tool-call transcripts the model sees with those tokens in real use."""
-    out = Path(out)
-    check_target(out, force)
+    output = Path(output)
+    check_target(output, force)
     if n_ctx < 2 * MIN_ROWS:
         raise UsageError(f"--n-ctx {n_ctx} is too small: use at least {2 * MIN_ROWS} tokens")
     text = choose_text(text, file, default_text)
@@ -173,12 +172,12 @@ def compute_imatrix(
                 if collector.error is not None:
                     raise collector.error
             if progress:
-                progress(i + 1, len(pieces))
+                progress("chunks", i + 1, len(pieces))
     im = Imatrix(
         sums={k: v.astype(np.float32) for k, v in collector.sums.items()},
         counts={k: v.astype(np.float32) for k, v in collector.counts.items()},
         datasets=[dataset], chunk_count=len(pieces), chunk_size=n_ctx,
     )
-    write_imatrix(im, out, force)
-    return ImatrixResult(out.resolve(), len(im.sums), len(pieces), n_ctx, len(pieces) * n_ctx,
+    write_imatrix(im, output, force)
+    return ImatrixResult(output.resolve(), len(im.sums), len(pieces), n_ctx, len(pieces) * n_ctx,
                          time.perf_counter() - started, dataset)

@@ -7,13 +7,13 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from lfmq.atomic import atomic_path, check_target
 from lfmq.errors import QuantizeError, UsageError
 from lfmq.llama import log as llama_log
 from lfmq.llama.quantizer import QuantizeParams, run_quantizer
 from lfmq.llama.gguf_index import tensor_index
+from lfmq.progress import Progress
 from lfmq.quantize.imatrix_file import check_against_model, read_imatrix
 from lfmq.quantize.types import QuantType, parse_quant_types, parse_tensor_overrides, parse_tensor_type
 
@@ -24,8 +24,6 @@ KEY_IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
 KEY_IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 UNQUANTIZED = {"F32", "F16", "BF16"}
 PROGRESS = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]")
-Progress = Callable[[str, int, int], None]  # (type name, tensors done, tensors total)
-
 
 
 @dataclass(frozen=True)
@@ -65,14 +63,14 @@ def _check_requantize(src: _Source, allow: bool) -> None:
         )
 
 
-def output_paths(src: Path, types: list[QuantType], out: str | Path | None) -> list[Path]:
+def output_paths(src: Path, types: list[QuantType], output: str | Path | None) -> list[Path]:
     """`<stem>-<TYPE>.gguf` in DIR (the input's folder by default); a FILE only for a single type."""
     stem = re.sub(r"[-_.](f32|f16|bf16)$", "", src.stem, flags=re.IGNORECASE)
-    if out is not None and str(out).lower().endswith(".gguf"):
+    if output is not None and str(output).lower().endswith(".gguf"):
         if len(types) > 1:
-            raise UsageError(f"-o {out} names one file but {len(types)} types were asked for: give a folder")
-        return [Path(out)]
-    folder = Path(out) if out is not None else src.parent
+            raise UsageError(f"-o {output} names one file but {len(types)} types were asked for: give a folder")
+        return [Path(output)]
+    folder = Path(output) if output is not None else src.parent
     return [folder / f"{stem}-{t.name}.gguf" for t in types]
 
 
@@ -90,7 +88,7 @@ def _imatrix_params(params: QuantizeParams, src: _Source, path: str | Path) -> N
 def quantize(
     model: str | Path,
     types: str | list[str],
-    out: str | Path | None = None,
+    output: str | Path | None = None,
     *,
     imatrix: str | Path | None = None,
     output_tensor_type: str | None = None,
@@ -118,7 +116,7 @@ def quantize(
         )
     src = _read_source(Path(model))
     _check_requantize(src, allow_requantize)
-    targets = output_paths(src.path, qtypes, out)
+    targets = output_paths(src.path, qtypes, output)
     if not dry_run:
         for target in targets:
             if target.resolve() == src.path.resolve():

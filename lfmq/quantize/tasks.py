@@ -13,11 +13,11 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from lfmq.errors import InputError
+from lfmq.progress import Progress
 
-Progress = Callable[[int, int], None]
 # greedy and deterministic; no repeat penalty (a call repeats its argument names and quotes by design)
 GREEDY = {"temperature": 0.0, "repeat_penalty": 1.0, "seed": 0}
 MAX_TOKENS = 256
@@ -158,7 +158,7 @@ def answer_all(path: str | Path, cases: Sequence[TaskCase], *, threads: int | No
         for i, case in enumerate(cases):
             answers.append(answer(model, case))
             if progress:
-                progress(i + 1, len(cases))
+                progress("task cases", i + 1, len(cases))
     return answers, time.perf_counter() - started
 
 
@@ -206,7 +206,7 @@ def evaluate_tasks(models: Sequence[str | Path], reference: str | Path, tasks: s
     scores: list[TaskScore] = []
     ref_answers: list[TaskAnswer] | None = None
     for k, path in enumerate(paths):
-        step = (lambda i, n, k=k: progress(k * len(cases) + i, total)) if progress else None
+        step = (lambda what, i, n, k=k: progress(what, k * len(cases) + i, total)) if progress else None
         answers, seconds = answer_all(path, cases, threads=threads, progress=step)
         scores.append(score(cases, answers, ref_answers, seconds))
         if ref_answers is None:
