@@ -64,7 +64,6 @@ def progress_bar(label: str, bytes_unit: bool = False) -> Iterator[Progress]:
         yield update
 
 
-step_bar = progress_bar  # the old name, until lfmq/cli/bench.py (being edited elsewhere) says progress_bar
 
 
 def human_bytes(n: int) -> str:

@@ -147,3 +147,27 @@ def test_profile_is_picked_from_the_cpu_and_checked_against_it() -> None:
         from lfmq.devices.transport import parse_device
 
         pick_profile("rpi5", parse_device("qemu:snapdragon-8-elite"), dev.describe())
+
+
+def test_calibrate_from_a_report_predicts_what_was_measured(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A profile calibrated on a report predicts that report's own figures back (decode and prefill), for any model
+    through its bytes per token; an emulated report and an existing output without --force are refused."""
+    model = str(trained["Q8_0"])
+    out = run_cli("bench", model, "-p", "32", "-n", "8", "-r", "2", "--report", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    prof = tmp_path / "mine.json"
+    cal = _json(run_cli("devices", "calibrate", str(tmp_path / "r" / "report.json"), "-o", str(prof), "--name",
+                        "my-box", "--json"))
+    assert cal["profile"] == str(prof) and 0 < cal["calibration"]["decode_efficiency"]
+    shown = _json(run_cli("devices", "show", str(prof), "--model", model, "--json"))
+    assert shown["profile"]["name"] == "my-box" and shown["profile"]["calibration"] == cal["calibration"]
+    measured = {("tg" if t["n_gen"] else "pp"): t["avg_ts"] for t in report["tests"]}
+    assert shown["prediction"]["decode_tps"] == pytest.approx(measured["tg"], rel=1e-6)
+    assert shown["prediction"]["prefill_tps"] == pytest.approx(measured["pp"], rel=1e-6)
+    again = run_cli("devices", "calibrate", str(tmp_path / "r" / "report.json"), "-o", str(prof))
+    assert again.returncode == 1 and "exists: pass --force" in again.stderr
+    report["device"]["emulated"], report["device"]["kind"] = True, "qemu"
+    (tmp_path / "emu.json").write_text(json.dumps(report))
+    emu = run_cli("devices", "calibrate", str(tmp_path / "emu.json"), "-o", str(tmp_path / "x.json"))
+    assert emu.returncode == 1 and "emulated run" in emu.stderr and not (tmp_path / "x.json").exists()

@@ -14,15 +14,14 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lfmq.bench.case import CaseResult
 from lfmq.bench.result import BenchReport, BuildInfo, Device, Machine, Test
 from lfmq.devices.profiles import Profile
 from lfmq.errors import BenchError, UsageError
 from lfmq.llama.settings import default_threads
-
-Progress = Callable[[str, int, int], None]
+from lfmq.progress import Progress
 
 
 def sha256(path: Path, chunk: int = 1 << 22) -> str:
@@ -121,11 +120,14 @@ def profile_used(profile: str | Path | None, knobs: dict[str, Any] | None = None
     knobs) with its memory bandwidth measured, so that its predictions can be checked against the measurements; the
     file's and the caller's knobs are its runtime."""
     from lfmq.devices.predict import measure_bandwidth
-    from lfmq.devices.profiles import HOST, get_profile, host_profile
+    from lfmq.devices.profiles import HOST, get_profile, host_profile, profile_file
     from lfmq.runtime.profile import profile_knobs
 
     is_file = profile is not None and Path(profile).is_file()
-    if is_file or str(profile or HOST) == HOST:
+    device_file = profile_file(Path(profile)) if is_file else None   # e.g. written by lfmq devices calibrate
+    if device_file is not None:
+        prof, is_file = device_file, False
+    elif is_file or str(profile or HOST) == HOST:
         prof = host_profile(measure_bandwidth())
     else:
         prof = get_profile(str(profile))

@@ -43,7 +43,7 @@ def bench(
         return
     if not models:
         raise UsageError("give one or more GGUF files to measure (or --compare A.json B.json)")
-    with ui.step_bar("bench") as progress:
+    with ui.progress_bar("bench") as progress:
         result = run_bench(models, profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
                            depth=depth, progress=progress, device=device,
                            knobs={"lora": lora_settings(lora)} if lora else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable
 
 from lfmq.devices.profiles import Profile, builtin_profiles
@@ -192,3 +193,49 @@ def leave_one_out(profiles: dict[str, Profile] | None = None) -> list[LooRow]:
 def with_figures(p: Profile, published: list) -> Profile:
     """A profile with its published figures replaced (for calibrating on a user's own measurements)."""
     return replace(p, published=list(published))
+
+
+def calibrate_report(report: object, name: str | None = None) -> Profile:
+    """The profile a bench report ran with, its factors measured on that device: decode efficiency from each tg
+    test (with the fitted per-token overhead), prefill efficiency from each pp test, averaged. Emulated runs and
+    reports without a bandwidth are refused (InputError): their speeds say nothing about a device."""
+    from lfmq.devices.predict import shape_of
+    from lfmq.errors import InputError
+
+    rep = report
+    device, prof = rep.device, rep.profile            # type: ignore[attr-defined]
+    if device.emulated:
+        raise InputError(f"the report comes from an emulated run ({device.name or device.kind}): its speeds say "
+                         "nothing about the device; calibrate on a report measured on the device itself")
+    if not prof.bandwidth_gbs:
+        raise InputError(f"the report's profile {prof.name} has no memory bandwidth: bench with --profile host "
+                         "(measured) or a device profile")
+    shapes = {str(m.path): shape_of(m) for m in rep.models}   # type: ignore[attr-defined]
+    overhead_s = builtin_fit().overhead_s
+    decode, prefill, used = [], [], []
+    for t in rep.tests:                                        # type: ignore[attr-defined]
+        shape = shapes.get(str(t.model_filename)) or next(
+            (s for s in shapes.values() if s.path.name == Path(t.model_filename).name), None)
+        if shape is None or t.avg_ts <= 0 or t.n_depth:
+            continue
+        if t.n_gen and not t.n_prompt and 1.0 / t.avg_ts > overhead_s:
+            decode.append(shape.bytes_per_token / (prof.bandwidth_gbs * 1e9 * (1.0 / t.avg_ts - overhead_s)))
+        elif t.n_prompt and not t.n_gen:
+            prefill.append(t.avg_ts * 2 * (shape.active_params or shape.params) / (peak_gflops(prof) * 1e9))
+        else:
+            continue
+        used.append(f"{shape.path.name} {'tg' if t.n_gen else 'pp'}{t.n_gen or t.n_prompt} {t.avg_ts:.1f} tok/s")
+    if not decode and not prefill:
+        raise InputError("the report has no pp or tg test without --depth for a model it describes: bench with "
+                         "-p and -n and calibrate on that")
+    where = f"{device.name or device.kind}, {rep.created}"      # type: ignore[attr-defined]
+    calibration = {"decode_efficiency": _mean(decode), "prefill_efficiency": _mean(prefill),
+                   "overhead_ms": overhead_s * 1e3, "basis": f"measured by lfmq bench on {where}: " + "; ".join(used)}
+    return replace(prof, name=name or prof.name, calibration={k: v for k, v in calibration.items() if v is not None})
+
+
+def profile_data(p: Profile) -> dict:
+    """A profile as the JSON that `get_profile(FILE.json)` reads back."""
+    from dataclasses import asdict
+
+    return asdict(p)

@@ -94,6 +94,10 @@ def efficiency(p: Profile) -> Efficiency:
     included when it is not built in); a profile without figures takes its architecture's mean."""
     from lfmq.devices.calibration import figures, fit
 
+    if p.calibration:   # measured on the device itself: `lfmq devices calibrate`
+        c = p.calibration
+        return Efficiency(c.get("decode_efficiency"), c.get("prefill_efficiency"), c.get("basis", "calibrated"),
+                          float(c.get("overhead_ms", 0.0)))
     profiles = builtin_profiles()
     f = builtin_fit()
     if p.name not in profiles or profiles[p.name] != p:

@@ -48,6 +48,8 @@ class Profile:
     runtime: dict[str, Any]
     recommend: dict[str, Any]
     published: list[Published] = field(default_factory=list)
+    # factors measured on the device itself (lfmq devices calibrate REPORT.json): they replace the fitted ones
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arch(self) -> str:
@@ -65,7 +67,27 @@ class Profile:
 def _from_dict(d: dict[str, Any]) -> Profile:
     pub = [Published(**p) for p in d.get("published", []) if "model" in p]
     return Profile(d["name"], d["title"], d.get("kind", ""), d["cpu"], d["memory"], d.get("build", {}),
-                   d.get("runtime", {}), d.get("recommend", {}), pub)
+                   d.get("runtime", {}), d.get("recommend", {}), pub, d.get("calibration", {}))
+
+
+def profile_file(path: Path) -> Profile | None:
+    """A device profile from a .toml or .json file that describes one (a [cpu] and a [memory] table, as
+    `lfmq devices calibrate` writes); None for a file of runtime knobs only; InputError for one that does not
+    parse."""
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        d = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read profile {path}: {e}") from None
+    if not (isinstance(d, dict) and isinstance(d.get("cpu"), dict) and isinstance(d.get("memory"), dict)):
+        return None
+    try:
+        return _from_dict(d)
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{path} is not a device profile: {e} is missing or wrong (lfmq devices show rpi5 --json "
+                         "shows the shape)") from None
 
 
 def builtin_profiles() -> dict[str, Profile]:
@@ -193,8 +215,15 @@ def build_spec(p: Profile) -> BuildSpec:
 
 
 def get_profile(name: str) -> Profile:
+    """A built-in profile by name, `host`, or a device profile file (.toml/.json, e.g. one `lfmq devices calibrate`
+    wrote)."""
     if name == HOST:
         return host_profile()
+    if name.endswith((".toml", ".json")) and Path(name).is_file():
+        p = profile_file(Path(name))
+        if p is None:
+            raise UsageError(f"{name} holds runtime knobs, not a device profile (no [cpu] and [memory] tables)")
+        return p
     profiles = builtin_profiles()
     if name not in profiles:
         raise UsageError(f"unknown device profile {name!r}: choose from {', '.join([*profiles, HOST])}")
