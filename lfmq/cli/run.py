@@ -156,6 +156,8 @@ def extract(
     n_ctx: NCtx = None,
     threads: Threads = None,
     lora: Lora = None,
+    parallel: Annotated[int, typer.Option("--parallel", help="Decode N inputs at once, as N sequences of one "
+                                          "context (N times the KV cache).")] = 1,
     force: Force = False,
 ) -> None:
     """Extract JSON that validates against a schema from each input: one JSON line per input, with its source."""
@@ -166,7 +168,7 @@ def extract(
         with ui.progress_bar("extracting", bytes_unit=False) as progress:
             summary = extract_files(lambda: open_model(model, profile, n_ctx, threads, lora), inputs, schema, output,
                                     lines=lines, force=force, system=system, max_tokens=max_tokens,
-                                    temperature=temperature, seed=seed, progress=progress)
+                                    temperature=temperature, seed=seed, progress=progress, parallel=parallel)
     except ExtractionInterrupted as e:
         raise Interrupted(str(e)) from None
     ui.show_extract_summary(summary)

@@ -9,12 +9,13 @@ import re
 import sys
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TextIO
 
 from lfmq.atomic import atomic_path, check_target
-from lfmq.errors import (ContextOverflowError, ExtractionFailed, LfmqError, LfmqWarning, SchemaError,
+from lfmq.errors import (ContextOverflowError, ExtractionFailed, LfmqError, LfmqWarning, LlamaError, SchemaError,
                          UsageError)
 from lfmq.llama.binding import json_schema_grammar
 from lfmq.runtime.generate import stream_generate
@@ -227,17 +228,70 @@ def read_inputs(paths: Sequence[str | Path], *, lines: bool = False, stdin: Text
     return items
 
 
+def check_parallel(parallel: int) -> int:
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise UsageError(f"parallel must be a whole number of at least 1, not {parallel!r}")
+    return parallel
+
+
 def extract_many(model: Model, inputs: Iterable[Input | tuple[str, str]], schema: Schema | str | Path | Mapping[str, Any],
-                 *, system: str | None = None, max_tokens: int | None = 1024, **overrides: Any) -> Iterator[Extraction]:
-    """Extract from each input in turn; a failed item yields an Extraction with its error and the batch goes on."""
+                 *, system: str | None = None, max_tokens: int | None = 1024, parallel: int = 1,
+                 **overrides: Any) -> Iterator[Extraction]:
+    """Extract from each input in turn; a failed item yields an Extraction with its error and the batch goes on.
+
+    parallel=N decodes N inputs at once as N sequences of the model's context (re-created to hold them: N times the
+    KV cells), each under its own grammar; results still come in the inputs' order. If llama.cpp cannot hold N
+    sequences of the model, an LfmqWarning says why and the inputs go one at a time."""
+    check_parallel(parallel)
     spec = schema if isinstance(schema, Schema) else load_schema(schema)
     prompter = _Prompter(model, spec, system)
+    if parallel > 1:
+        try:
+            model.hold_sequences(parallel)
+        except LlamaError as e:
+            warnings.warn(f"{e}: extracting one input at a time", LfmqWarning, stacklevel=2)
+        else:
+            yield from _extract_parallel(model, prompter, inputs, spec, parallel, max_tokens, overrides)
+            return
     for item in inputs:
         item = item if isinstance(item, Input) else Input(item[0], item[1])
         if item.text is None:
             yield Extraction(item.source, error=item.error or "unreadable input")
         else:
             yield _one(model, prompter, item.source, item.text, spec, max_tokens, overrides)
+
+
+def _extract_parallel(model: Model, prompter: _Prompter, inputs: Iterable[Input | tuple[str, str]], schema: Schema,
+                      parallel: int, max_tokens: int | None, overrides: dict[str, Any]) -> Iterator[Extraction]:
+    """extract_many's batched path: unreadable inputs keep their place in the output order."""
+    from lfmq.runtime.batch import Job, generate_many
+    from lfmq.runtime.generate import resolve_sampling
+
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"max_tokens must be at least 1, not {max_tokens}")
+    sampling, ban = resolve_sampling(None, **overrides), _banned(model)
+    order: deque[Extraction | str] = deque()  # a finished error, or the source of the next job
+
+    def jobs() -> Iterator[Job]:
+        for item in inputs:
+            item = item if isinstance(item, Input) else Input(item[0], item[1])
+            if item.text is None:
+                order.append(Extraction(item.source, error=item.error or "unreadable input"))
+                continue
+            order.append(item.source)
+            yield Job(tuple(prompter(item.text)[0]), sampling, schema.grammar, ban, max_tokens)
+
+    for done in generate_many(model, jobs(), parallel, prefix=prompter.prefix):
+        while isinstance(order[0], Extraction):
+            yield order.popleft()  # type: ignore[misc]
+        source = str(order.popleft())
+        if done.finish == "overflow":
+            yield Extraction(source, error=done.error, seconds=done.seconds)
+            continue
+        data, error = _check(model.detokenize(done.tokens), schema, done.finish, max_tokens)
+        yield Extraction(source, data, error, len(done.tokens), done.seconds)
+    while order:
+        yield order.popleft()  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -294,6 +348,7 @@ def extract_files(model: Model | str | Path | Callable[[], Model], inputs: Seque
     function that opens one (a Model passed in stays open). Ctrl-C raises ExtractionInterrupted, a KeyboardInterrupt
     that says how many inputs finished; their lines are kept in `output`. Failed items are lines with an error, not
     exceptions: ExtractSummary.check() raises ExtractionFailed for them."""
+    check_parallel(overrides.get("parallel", 1))
     spec = schema if isinstance(schema, Schema) else load_schema(schema)
     if spec.unenforced:
         warnings.warn(f"decoding cannot enforce {', '.join(spec.unenforced)}: outputs that break them become item "
