@@ -8,9 +8,9 @@ from lfmq.convert import ConvertResult, convert
 from lfmq.convert.synth import SynthResult, synth
 from lfmq.errors import LfmqError
 from lfmq.inspect import GGUFInfo, inspect
-from lfmq.runtime import (Chat, Extraction, Model, Reply, ToolCall, chat, extract, generate, load, parse_reply,
-                          stream_generate)
+from lfmq.runtime import (Chat, Extraction, Model, Reply, ToolCall, chat, extract, extract_many, generate, load,
+                          parse_reply, stream_generate)
 
 __all__ = ["ConvertResult", "GGUFInfo", "LfmqError", "SynthResult", "__version__", "convert", "inspect", "synth",
-           "Chat", "Extraction", "Model", "Reply", "ToolCall", "chat", "extract", "generate", "load", "parse_reply",
-           "stream_generate"]
+           "Chat", "Extraction", "Model", "Reply", "ToolCall", "chat", "extract", "extract_many", "generate", "load",
+           "parse_reply", "stream_generate"]
