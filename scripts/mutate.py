@@ -58,8 +58,14 @@ MUTATIONS: list[dict] = [
      "description": "`lfmq quantize --imatrix FILE` never reaches the library: a k-quant is made without the matrix"},
     {"id": "kl-reversed",
      "file": "lfmq/quantize/eval.py",
-     "find": "self.kld.append((np.exp(ref_logp) * (ref_logp - logp)).sum(axis=-1))",
-     "replace": "self.kld.append((np.exp(logp) * (logp - ref_logp)).sum(axis=-1))",
+     "find": "            diff = p.x - q.x\n"
+             "            diff *= p.probs()\n"
+             "            cross = diff.sum(axis=-1, dtype=np.float64)\n"
+             "            self.kld.append(cross - (p.lse - q.lse))\n",
+     "replace": "            diff = q.x - p.x\n"
+                "            diff *= q.probs()\n"
+                "            cross = diff.sum(axis=-1, dtype=np.float64)\n"
+                "            self.kld.append(cross - (q.lse - p.lse))\n",
      "tests": [f"{D}::test_kl_is_of_the_model_from_the_reference",
                f"{D}::test_eval_loop_measures_each_model_against_the_first"],
      "description": "KL(q||ref) instead of KL(ref||q): still 0 for the reference, still orders the ladder"},
