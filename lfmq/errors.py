@@ -88,6 +88,15 @@ class ToolsFileError(LfmqError, ValueError):
     """A tools file that cannot be read or holds no function definitions."""
 
 
+class RequestError(LfmqError, ValueError):
+    """A request to `lfmq serve` that cannot be served as sent (bad JSON or field, a prompt longer than the context):
+    HTTP 400 with OpenAI's error shape. param names the field at fault, code is OpenAI's code where it has one."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
 class ExtractionFailed(LfmqError):
     """Some inputs of an extraction batch failed; their lines carry the reason."""
 

@@ -60,7 +60,7 @@ def _bare(t: Any) -> Any:
 def test_every_command_is_found():
     assert {" ".join(k) for k in COMMANDS} >= {
         "convert", "synth", "inspect", "quantize", "imatrix", "eval", "bench", "generate", "chat", "extract",
-        "devices", "devices show", "devices detect", "devices recipe", "build"}
+        "devices", "devices show", "devices detect", "devices recipe", "build", "serve"}
 
 
 @pytest.mark.parametrize("path", list(COMMANDS), ids=" ".join)
