@@ -188,7 +188,7 @@ def test_extract_files_interrupted_keeps_the_finished_lines(model, tmp_path):
     (tmp_path / "many.txt").write_text("Ann, 31\nBo, 7\nCy, 50\n")
     out = tmp_path / "out.jsonl"
 
-    def ctrl_c_after_two(done: int, total: int) -> None:
+    def ctrl_c_after_two(what: str, done: int, total: int) -> None:
         if done == 2:
             raise KeyboardInterrupt
 

@@ -18,6 +18,7 @@ from lfmq.atomic import atomic_path, check_target
 from lfmq.errors import (ContextOverflowError, ExtractionFailed, LfmqError, LfmqWarning, LlamaError, SchemaError,
                          UsageError)
 from lfmq.llama.binding import json_schema_grammar
+from lfmq.progress import Progress
 from lfmq.runtime.generate import stream_generate
 from lfmq.runtime.model import Model, load
 
@@ -320,7 +321,7 @@ class ExtractionInterrupted(KeyboardInterrupt):
 
 
 def _write_lines(model: Model, items: Sequence[Input], schema: Schema, out: TextIO, name: str,
-                 progress: Callable[[int, int], None] | None, kwargs: dict[str, Any]) -> ExtractSummary:
+                 progress: Progress | None, kwargs: dict[str, Any]) -> ExtractSummary:
     """extract_many, one JSON line per input, flushed at once (an interrupt loses no finished line)."""
     ok = done = 0
     try:
@@ -330,7 +331,7 @@ def _write_lines(model: Model, items: Sequence[Input], schema: Schema, out: Text
             done += 1
             ok += result.ok
             if progress:
-                progress(done, len(items))
+                progress("inputs", done, len(items))
     except KeyboardInterrupt:
         raise ExtractionInterrupted(done, len(items), name) from None
     return ExtractSummary(len(items), ok, done - ok, name)
@@ -339,7 +340,7 @@ def _write_lines(model: Model, items: Sequence[Input], schema: Schema, out: Text
 def extract_files(model: Model | str | Path | Callable[[], Model], inputs: Sequence[str | Path] | None,
                   schema: Schema | str | Path | Mapping[str, Any], output: str | Path | None = None, *,
                   lines: bool = False, force: bool = False, system: str | None = None,
-                  max_tokens: int | None = 1024, progress: Callable[[int, int], None] | None = None,
+                  max_tokens: int | None = 1024, progress: Progress | None = None,
                   stdin: TextIO | None = None, stdout: TextIO | None = None, **overrides: Any) -> ExtractSummary:
     """Extract from each input file ("-" or none: stdin; lines=True: each non-blank line is an input) and write one
     JSON line per input to `output` (under a temporary name, renamed at the end) or, when output is None, to stdout.
