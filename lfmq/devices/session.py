@@ -16,8 +16,7 @@ from typing import Any, Callable, Sequence
 
 from lfmq.devices.transport import Device, DeviceInfo, check_fits, match_profile, parse_device, sha256_file
 from lfmq.errors import DeviceError, UsageError
-
-Progress = Callable[[str, int, int], None]
+from lfmq.progress import Progress
 
 
 def pick_profile(named: str | None, device: Device, info: DeviceInfo) -> str:

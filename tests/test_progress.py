@@ -1,0 +1,73 @@
+"""One progress protocol (lfmq/progress.py): every library function that reports progress takes it, nothing declares
+another, and the CLI's one adapter (ui.progress_bar) draws a bar per `what`."""
+
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from lfmq import ui
+
+LFMQ = Path(__file__).resolve().parent.parent / "lfmq"
+
+
+def _modules() -> list[tuple[Path, ast.Module]]:
+    return [(p, ast.parse(p.read_text(), str(p))) for p in sorted(LFMQ.rglob("*.py"))]
+
+
+def test_every_progress_parameter_is_the_one_protocol() -> None:
+    params = []
+    for path, tree in _modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs + node.args.posonlyargs
+                params += [(f"{path.relative_to(LFMQ)}:{node.name}", ast.unparse(a.annotation) if a.annotation else None)
+                           for a in args if a.arg == "progress"]
+    assert len(params) >= 15   # convert, synth, quantize, imatrix, eval, tasks, build, bench, extract, transports
+    assert [p for p in params if p[1] != "Progress | None"] == []
+
+
+def test_progress_is_declared_once() -> None:
+    declared = []
+    for path, tree in _modules():
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "Progress" for t in node.targets):
+                declared.append(str(path.relative_to(LFMQ)))
+            if isinstance(node, ast.ClassDef) and node.name == "Progress":
+                declared.append(str(path.relative_to(LFMQ)))
+    assert declared == ["progress.py"]
+
+
+@pytest.fixture
+def stderr(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    buf = io.StringIO()
+    monkeypatch.setattr(ui, "err", Console(file=buf, force_terminal=True, width=120))
+    return buf
+
+
+def test_one_bar_per_what_on_a_terminal(stderr: io.StringIO) -> None:
+    with ui.progress_bar("quantizing") as progress:
+        progress("Q4_0", 1, 10)
+        progress("Q8_0", 5, 10)
+        progress("Q4_0", 10, 10)
+    text = stderr.getvalue()
+    assert "quantizing Q4_0" in text and "quantizing Q8_0" in text
+    assert "10/10" in text and "5/10" in text
+
+
+def test_bytes_are_counted_as_bytes(stderr: io.StringIO) -> None:
+    with ui.progress_bar("converting", bytes_unit=True) as progress:
+        progress("weights", 3_000_000, 6_000_000)
+    assert "converting weights" in stderr.getvalue() and "3.0/6.0 MB" in stderr.getvalue()
+
+
+def test_silent_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    buf = io.StringIO()
+    monkeypatch.setattr(ui, "err", Console(file=buf, force_terminal=False))
+    with ui.progress_bar("quantizing") as progress:
+        progress("Q4_0", 1, 10)
+    assert buf.getvalue() == ""
