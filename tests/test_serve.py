@@ -215,7 +215,7 @@ def test_a_tool_result_round_reuses_the_conversation_state(client):
 
 def test_json_schema_output_is_enforced_and_valid(client):
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 40},
-                                               "age": {"type": "integer"},
+                                               "age": {"type": "integer", "minimum": 18, "maximum": 30},
                                                "city": {"type": "string", "maxLength": 40}},
               "required": ["name", "age", "city"], "additionalProperties": False}
     r = client.chat.completions.create(

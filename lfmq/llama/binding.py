@@ -63,11 +63,14 @@ def build_info() -> dict[str, str]:
 
 
 def schema_converter() -> Any:
-    """The binding's JSON-schema-to-GBNF converter object, for grammars assembled rule by rule (tool calls)."""
+    """The binding's JSON-schema-to-GBNF converter object, for grammars assembled rule by rule (tool calls), taught
+    integer and number ranges (lfmq/llama/grammar.py), which the binding's own leaves to validation."""
     lib()
     from llama_cpp.llama_grammar import SchemaConverter
 
-    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    from lfmq.llama.grammar import range_converter
+
+    return range_converter(SchemaConverter)(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
 
 
 def json_schema_grammar(schema: dict[str, Any], origin: str = "schema") -> str:

@@ -1,6 +1,7 @@
 """Schema-constrained extraction: the JSON schema becomes a llama.cpp grammar (through the binding's converter), so
 every finished output parses; each is then validated against the schema with jsonschema. Keywords the grammar
-cannot enforce (minimum, uniqueItems, ...) are listed up front, and an output that breaks one is an item error."""
+cannot enforce (uniqueItems, multipleOf, a number's fraction beyond its bounds, ...) are listed up front, and an
+output that breaks one is an item error. Integer bounds are enforced exactly (lfmq/llama/grammar.py)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,14 @@ from lfmq.atomic import atomic_path, check_target
 from lfmq.errors import (ContextOverflowError, ExtractionFailed, LfmqError, LfmqWarning, LlamaError, SchemaError,
                          UsageError)
 from lfmq.llama.binding import json_schema_grammar
+from lfmq.llama.grammar import exact_range
 from lfmq.progress import Progress
 from lfmq.runtime.generate import stream_generate
 from lfmq.runtime.model import Model, load
 
 SYSTEM = ("Extract the information in the user's text as JSON that follows this JSON schema:\n{schema}\n"
           "Answer with the JSON only.")
+RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties",
               "maxProperties", "uniqueItems", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
               "contains", "minContains", "maxContains", "patternProperties", "propertyNames", "oneOf",
@@ -74,7 +77,8 @@ def _subschemas(node: Mapping[str, Any]) -> Iterator[Any]:
 
 def _unenforced(node: Any, found: set[str]) -> set[str]:
     if isinstance(node, Mapping):
-        found.update(k for k in UNENFORCED if k in node)
+        exact = RANGE_KEYWORDS if exact_range(node) else ()  # the grammar spells integer ranges out
+        found.update(k for k in UNENFORCED if k in node and k not in exact)
         if isinstance(node.get("format"), str) and node["format"] not in GRAMMAR_FORMATS:
             found.add(f"format: {node['format']}")
         for sub in _subschemas(node):
