@@ -145,6 +145,30 @@ def test_streamed_text_equals_the_whole_answer(client):
     assert "<|" not in choice.message.content
 
 
+def test_stop_strings_cut_the_answer_streamed_or_whole(client):
+    kwargs = dict(model="m", messages=ask("What's the weather in Lisbon?"), tools=[WEATHER], tool_choice="none",
+                  max_tokens=48, **GREEDY)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    words = full.split()
+    assert len(words) > 3, full
+    stop = words[len(words) // 2]
+    cut = client.chat.completions.create(stop=["@@never@@", stop], **kwargs).choices[0]
+    assert cut.finish_reason == "stop" and cut.message.content == full[: full.index(stop)]
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(stream=True, stop=stop, **kwargs) if c.choices)
+    assert streamed == cut.message.content
+
+
+def test_a_regenerated_answer_restores_the_prompt_snapshot(client):
+    kwargs = dict(model="m", messages=ask("Set a timer for 25 minutes called tea."), tools=[WEATHER, TIMER], **GREEDY)
+    first = client.chat.completions.create(**kwargs)
+    again = client.chat.completions.create(**kwargs)
+    assert again.choices[0].message.tool_calls[0].function == first.choices[0].message.tool_calls[0].function
+    # the slot holds the prompt and the first answer; LFM2's conv state cannot be cut back, so the snapshot taken
+    # before the prompt's last token is restored: one token evaluated
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+
+
 def test_a_tool_call_comes_back_as_tool_calls(client):
     r = client.chat.completions.create(model="m", messages=ask("What's the weather in Oslo?"), tools=[WEATHER, TIMER],
                                        **GREEDY)
@@ -335,3 +359,28 @@ def test_a_port_in_use_is_one_line(gguf):
         r = subprocess.run([sys.executable, "-m", "lfmq", "serve", str(gguf), "--port", str(port), "-t", "1"],
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and f"127.0.0.1:{port}" in r.stderr
+
+
+def test_reply_stream_splits_reasoning_prose_and_calls_in_any_pieces():
+    from lfmq.serve.reply import ReplyStream, join
+
+    text = ('<think>The user wants weather.</think>Checking. <|tool_call_start|>[get_weather(location="Oslo")]'
+            '<|tool_call_end|>')
+    for size in (1, 3, len(text)):
+        stream = ReplyStream([WEATHER["function"]])
+        deltas = [d for i in range(0, len(text), size) for d in stream.feed(text[i: i + size].encode())]
+        message = join(deltas + stream.finish())
+        assert message["reasoning_content"] == "The user wants weather."
+        assert message["content"] == "Checking. "
+        (call,) = message["tool_calls"]
+        assert call["function"] == {"name": "get_weather", "arguments": '{"location": "Oslo"}'}
+        assert stream.raw == text
+
+
+def test_reply_stream_holds_back_a_possible_stop_string():
+    from lfmq.serve.reply import ReplyStream
+
+    stream = ReplyStream(None, stops=["END"])
+    assert [d for piece in (b"ab", b"cE", b"N") for d in stream.feed(piece)] == [{"content": "ab"}, {"content": "c"}]
+    assert not stream.stopped
+    assert stream.feed(b"Dxyz") == [] and stream.stopped and stream.raw == "abc"
