@@ -111,10 +111,59 @@ def test_a_tool_round_in_the_terminal(tiny_f32, tmp_path):
     child.expect(pexpect.EOF)
 
 
-@pytest.mark.parametrize("line", ["/tool"])
-def test_usage_hint(tiny_f32, line):
+def test_regen_and_edit_evaluate_only_the_last_turn(tiny_f32):
+    child = spawn(str(tiny_f32), "--seed", "1", "--max-tokens", "12", "--temperature", "0", "--system", "Be brief.")
+    for line in ("first question", "second question"):
+        child.sendline(line)
+        child.expect_exact(PROMPT)
+    answered = stats(child)
+    child.sendline("/regen")
+    child.expect_exact(PROMPT)
+    child.sendline("/stats")
+    child.expect(STATS)
+    prompt, evaluated = int(child.match.group(1)), int(child.match.group(2))
+    assert prompt == answered[0] and evaluated == turn_cost(tiny_f32, "user", "second question")
+    child.expect(r"context (\d+) of 4096 tokens; the conversation was evaluated again \((\d+) tokens\)")
+    assert int(child.match.group(2)) == evaluated
+    child.expect_exact(PROMPT)
+    child.sendline("/edit another one")
+    child.expect_exact(PROMPT)
+    assert stats(child)[1] == turn_cost(tiny_f32, "user", "another one")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_stats_say_what_an_overflow_dropped(tiny_f32):
+    child = spawn(str(tiny_f32), "--seed", "1", "--max-tokens", "16", "--ignore-eos", "--n-ctx", "256",
+                  "--overflow-share", "0.5")
+    for i in range(20):
+        child.sendline(f"question number {i}")
+        child.expect_exact(PROMPT)
+        child.sendline("/stats")
+        child.expect(STATS)
+        prompt = int(child.match.group(1))
+        child.expect(r"context \d+ of 256 tokens(; (\d+) old turns \(\d+ tokens\) dropped to fit)?(.*)\r\n")
+        if child.match.group(1):
+            break
+    assert int(child.match.group(2)) > 1 and prompt + 16 <= 128  # half the context freed in one step
+    assert "the conversation was evaluated again" in child.match.group(3)
+    child.expect_exact(PROMPT)
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_overflow_share_out_of_range_is_a_usage_error(tiny_f32):
+    from conftest import run_cli
+
+    r = run_cli("chat", str(tiny_f32), "--overflow-share", "1")
+    assert r.returncode == 2 and "overflow_share is the share of the context" in r.stderr
+    assert "RANDOM weights" not in r.stderr  # refused before the model is loaded
+
+
+@pytest.mark.parametrize("line, hint", [("/tool", "usage: /tool RESULT"), ("/edit", "usage: /edit TEXT")])
+def test_usage_hint(tiny_f32, line, hint):
     child = spawn(str(tiny_f32))
     child.sendline(line)
-    child.expect_exact("usage: /tool RESULT")
+    child.expect_exact(hint)
     child.sendline("/quit")
     child.expect(pexpect.EOF)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from lfmq import ui
 from lfmq.errors import LfmqError
 from lfmq.runtime.chat import Chat
 
 PROMPT = "> "
-HELP = "/reset  /system [TEXT]  /tool RESULT  /stats  /exit   (Ctrl-C stops an answer, Ctrl-D quits)"
+HELP = ("/reset  /system [TEXT]  /tool RESULT  /stats  /exit  /regen  /edit TEXT   "
+        "(Ctrl-C stops an answer, Ctrl-D quits)")
 
 
 class StopFlag:
@@ -39,8 +40,13 @@ class StopFlag:
 
 def answer(session: Chat, content: str, role: str = "user") -> None:
     """Stream one answer to the terminal."""
+    show(lambda stop: session.stream(content, role=role, interrupt=stop), session)
+
+
+def show(start: Callable[[StopFlag], Iterator[Any]], session: Chat) -> None:
+    """Stream an answer started by `start(stop_flag)` to the terminal."""
     with StopFlag() as stop:
-        for chunk in session.stream(content, role=role, interrupt=stop):
+        for chunk in start(stop):
             ui.stream_text(chunk.text)
     assert session.last is not None
     ui.show_reply_end(session.last)
@@ -69,9 +75,37 @@ def _tool(session: Chat, arg: str) -> bool:
     return True
 
 
-def _stats(session: Chat, arg: str) -> bool:
-    ui.show_stats(session.last.stats if session.last else None)
+def _regen(session: Chat, arg: str) -> bool:
+    show(lambda stop: session.stream_regenerate(interrupt=stop), session)
     return True
+
+
+def _edit(session: Chat, arg: str) -> bool:
+    if not arg:
+        ui.notice("usage: /edit TEXT (replaces your last message and answers it anew)")
+        return True
+    show(lambda stop: session.stream_edit_last(arg, interrupt=stop), session)
+    return True
+
+
+def _stats(session: Chat, arg: str) -> bool:
+    stats = session.last.stats if session.last else None
+    ui.show_stats(stats)
+    if stats is not None:
+        ui.notice(context_line(session, stats))
+    return True
+
+
+def context_line(session: Chat, stats: Any) -> str:
+    """How the last turn fitted the context: what was dropped, whether the conversation was evaluated again."""
+    line = f"context {session.model.n_past} of {session.model.n_ctx} tokens"
+    if getattr(stats, "dropped_turns", 0):
+        line += f"; {stats.dropped_turns} old turns ({stats.dropped_tokens} tokens) dropped to fit"
+    if getattr(stats, "reprefill", False):
+        line += f"; the conversation was evaluated again ({stats.prompt_evaluated} tokens)"
+    if session.dropped_turns:
+        line += f"; {session.dropped_turns} turns dropped in all"
+    return line
 
 
 def _help(session: Chat, arg: str) -> bool:
@@ -80,7 +114,8 @@ def _help(session: Chat, arg: str) -> bool:
 
 
 COMMANDS: dict[str, Callable[[Chat, str], bool]] = {
-    "/reset": _reset, "/system": _system, "/tool": _tool, "/stats": _stats, "/help": _help,
+    "/reset": _reset, "/system": _system, "/tool": _tool, "/stats": _stats, "/help": _help, "/regen": _regen,
+    "/edit": _edit,
     "/exit": lambda s, a: False, "/quit": lambda s, a: False,
 }
 

@@ -124,17 +124,22 @@ def chat(
     n_ctx: NCtx = None,
     threads: Threads = None,
     lora: Lora = None,
+    overflow_share: Annotated[float, typer.Option("--overflow-share", help="Share of the context freed at once when "
+                                                  "the conversation no longer fits (0: the oldest turn at a "
+                                                  "time).")] = 0.5,
 ) -> None:
-    """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /stats, /exit."""
+    """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /regen, /edit TEXT, /stats."""
     from lfmq.cli import repl
     from lfmq.runtime import Chat
+    from lfmq.runtime.chat import check_overflow_share
     from lfmq.runtime.tools import load_tools
 
+    check_overflow_share(overflow_share)
     tool_defs = load_tools(tools) if tools else None
     m = open_model(model, profile, n_ctx, threads, lora)
     session = Chat(m, system=system, tools=tool_defs, tool_choice=tool_choice, max_tokens=max_tokens,
                    ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
-                   repeat_penalty=repeat_penalty, seed=seed)
+                   repeat_penalty=repeat_penalty, seed=seed, overflow_share=overflow_share)
     repl.run(session)
 
 

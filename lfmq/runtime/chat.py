@@ -117,6 +117,12 @@ def chat(model: Model, messages: Sequence[Message], **kwargs: Any) -> Reply:
     return collect(model, stream_chat(model, messages, **kwargs), tools=kwargs.get("tools") or ())
 
 
+def check_overflow_share(share: float) -> None:
+    if not 0 <= share < 1:
+        raise UsageError(f"overflow_share is the share of the context freed at once when it is full: 0 to below 1, "
+                         f"not {share}")
+
+
 class Chat:
     """A conversation that lives in the model's context: send() a message, get a Reply; regenerate() or edit_last()
     to redo the last turn; reset() to start over. overflow_share: the share of the context freed at once when the
@@ -125,9 +131,7 @@ class Chat:
     def __init__(self, model: Model, *, system: str | None = None, tools: Sequence[Message] | None = None,
                  tool_choice: str = "auto", max_tokens: int | None = None, overflow_share: float = 0.5,
                  **sampling: Any) -> None:
-        if not 0 <= overflow_share < 1:
-            raise UsageError(f"overflow_share is the share of the context freed when it is full: 0 to below 1, "
-                             f"not {overflow_share}")
+        check_overflow_share(overflow_share)
         self.model = model
         self.system = system
         self.tools = list(tools) if tools else None
@@ -190,14 +194,15 @@ class Chat:
         del self._messages[: starts[1]]
         return True
 
-    def _head(self, tokens: list[int]) -> int:
-        """How many of tokens are the system prompt (and tools): Model.sync keeps a snapshot there, so a
-        re-evaluation after an overflow starts after it."""
-        if not self.system and not self.tools:
+    def _head(self, text: str, tokens: list[int]) -> int:
+        """How many of the prompt's tokens are its system turn (system prompt and tools): Model.sync keeps a
+        snapshot there, so a re-evaluation after an overflow starts after it."""
+        start = text.find("<|im_start|>")
+        end = text.find("<|im_end|>\n", start) + len("<|im_end|>\n")
+        if start < 0 or not text.startswith("<|im_start|>system\n", start) or end <= start:
             return 0
-        head = self.model.tokenize(self.model.render(self.history[:1] if self.system else [], tools=self.tools,
-                                                     add_generation_prompt=False))
-        return len(head) if 0 < len(head) < len(tokens) and tokens[: len(head)] == head else 0
+        head = self.model.tokenize(text[:end])
+        return len(head) if len(head) < len(tokens) and tokens[: len(head)] == head else 0
 
     def _remember(self, text: str, tokens: list[int]) -> None:
         self._text, self._tokens = text, tokens
@@ -221,7 +226,7 @@ class Chat:
         stats, started = None, False
         try:
             for chunk in stream_generate(self.model, tokens, max_tokens=max_tokens, interrupt=interrupt,
-                                         snapshot_at=self._head(tokens),
+                                         snapshot_at=self._head(text, tokens),
                                          **{**constraints, **self.sampling, **overrides}):
                 started = True
                 ids.extend(chunk.tokens)
