@@ -334,6 +334,21 @@ def test_a_client_that_disconnects_stops_its_generation(server):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_client_that_gives_up_on_a_whole_answer_stops_it(server):
+    before = server.health()
+    body = {"model": "m", "messages": ask("Tell me a long story."), "ignore_eos": True, "max_tokens": N_CTX, **GREEDY}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=0.3)
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+    with pytest.raises(TimeoutError):
+        conn.getresponse()
+    conn.close()
+    deadline = time.monotonic() + 30
+    while (status := server.health())["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status["cancelled"] == before["cancelled"] + 1 and status["active"] == 0
+    assert status["generated_tokens"] - before["generated_tokens"] < N_CTX // 2
+
+
 def test_api_key_is_required_when_set(gguf):
     s = Server(gguf, "--api-key", "sesame", "--parallel", "1")
     try:

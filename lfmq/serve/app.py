@@ -90,29 +90,26 @@ class Server:
                                      headers={"Cache-Control": "no-cache"})
         return await self._whole(request, job, queue, req, prep, head)
 
-    async def _events(self, job: Job, queue: asyncio.Queue, req: ChatRequest, prep: Prepared,
-                      stream: ReplyStream) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:
-        """(deltas, None) while tokens come, then ([...], (finish_reason, Usage)); an error raises RequestError."""
-        while True:
-            event = await queue.get()
-            if event[0] == "token":
-                if not stream.stopped:
-                    deltas = stream.feed(event[2])
-                    if stream.stopped:
-                        job.cancel()
-                    yield deltas, None
-            elif event[0] == "end":
-                _, reason, usage = event
-                deltas = stream.finish()
-                finish = "stop" if stream.stopped or reason == "cancelled" else reason
-                if stream.call_ids:
-                    finish = "tool_calls"
-                self.memory.remember(stream.raw, join(deltas)["content"], stream.call_ids)
-                yield deltas, (finish, usage)
-                return
-            else:
-                _, message, status = event
-                raise RequestError(message, code="server_error" if status >= 500 else None)
+    def _handle(self, event: tuple, job: Job, stream: ReplyStream) -> tuple[list[dict[str, Any]], Any]:
+        """One event of the worker: (deltas, None) while tokens come, then (deltas, (finish_reason, Usage)); an
+        error raises RequestError."""
+        if event[0] == "token":
+            if stream.stopped:
+                return [], None
+            deltas = stream.feed(event[2])
+            if stream.stopped:
+                job.cancel()
+            return deltas, None
+        if event[0] == "end":
+            _, reason, usage = event
+            deltas = stream.finish()
+            finish = "stop" if stream.stopped or reason == "cancelled" else reason
+            if stream.call_ids:
+                finish = "tool_calls"
+            self.memory.remember(stream.raw, join(deltas)["content"], stream.call_ids)
+            return deltas, (finish, usage)
+        _, message, status = event
+        raise RequestError(message, code="server_error" if status >= 500 else None)
 
     @staticmethod
     def _usage(usage: Usage) -> dict[str, Any]:
@@ -131,23 +128,26 @@ class Server:
                      head: dict[str, Any]) -> Response:
         stream = ReplyStream(prep.tools, req.stop, prep.in_reasoning)
         deltas: list[dict[str, Any]] = []
-        events = self._events(job, queue, req, prep, stream)
+        loop = asyncio.get_running_loop()
+        check = loop.time() + DISCONNECT_POLL
         try:
             while True:
-                step = asyncio.ensure_future(events.__anext__())
-                while not step.done():
-                    await asyncio.wait([step], timeout=DISCONNECT_POLL)
-                    if not step.done() and await request.is_disconnected():
-                        job.cancel()
-                        step.cancel()
-                        return Response(status_code=499)
-                part, end = step.result()
+                try:
+                    event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL)
+                except asyncio.TimeoutError:
+                    event = None
+                if loop.time() >= check:  # tokens may come faster than the poll: look at the clock, not the queue
+                    check = loop.time() + DISCONNECT_POLL
+                    if await request.is_disconnected():
+                        return Response(status_code=499)  # nobody to answer; the finally cancels the job
+                if event is None:
+                    continue
+                part, end = self._handle(event, job, stream)
                 deltas += part
                 if end is not None:
                     break
         finally:
             job.cancel()
-            await events.aclose()
         finish, usage = end
         message = join(deltas)
         choice: dict[str, Any] = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
@@ -166,14 +166,16 @@ class Server:
         stream = ReplyStream(prep.tools, req.stop, prep.in_reasoning)
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for deltas, end in self._events(job, queue, req, prep, stream):
+            while True:
+                deltas, end = self._handle(await queue.get(), job, stream)
                 for delta in deltas:
                     yield chunk(delta)
                 if end is not None:
-                    finish, usage = end
-                    yield chunk({}, finish)
-                    if req.include_usage:
-                        yield chunk(None, usage=self._usage(usage))
+                    break
+            finish, usage = end
+            yield chunk({}, finish)
+            if req.include_usage:
+                yield chunk(None, usage=self._usage(usage))
             yield "data: [DONE]\n\n"
         except RequestError as e:
             yield f"data: {json.dumps(error_body(str(e), 'server_error'))}\n\n"
