@@ -46,12 +46,20 @@ def run_turns(session: Chat, n: int, start: int = 0) -> list:
 def test_overflow_frees_a_share_of_the_context_in_one_step(tiny_f32, share):
     with load(tiny_f32, n_ctx=512, threads=1) as small:
         session = Chat(small, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=3, overflow_share=share)
-        stats = run_turns(session, 30)
+        stats, histories = [], []
+        for i in range(30):
+            histories.append(session.history)
+            stats.append(session.send(question(i)).stats)
         first = next(i for i, s in enumerate(stats) if s.dropped_turns)
         hit = stats[first]
         # one step drops several turns, down to (1 - share) of the context with the answer's room
         assert hit.dropped_turns > 2 and hit.reprefill and hit.dropped_tokens > share * 512 - 2 * ANSWER
         assert hit.prompt_tokens + ANSWER <= 512 - int(share * 512)
+        # ... and no more than that: keeping one more of the old turns would not leave that room
+        old = histories[first][1:] + [{"role": "user", "content": question(first)}]
+        starts = [i for i, m in enumerate(old) if m["role"] == "user"]
+        one_more = small.tokenize(small.render(histories[first][:1] + old[starts[hit.dropped_turns - 1]:]))
+        assert len(one_more) + ANSWER > 512 - int(share * 512)
         assert stats[first - 1].prompt_tokens + ANSWER + len(turn_tokens(small, question(first))) > 512
         # after it, each turn evaluates only its own tokens again, until the context is full once more
         following = stats[first + 1:]

@@ -168,31 +168,37 @@ class Chat:
         return text, best[1] + self.model.tokenize(text[len(best[0]):])
 
     def _fit(self, reserve: int) -> tuple[str, list[int], int, int]:
-        """The prompt, after dropping old turns if it does not fit; also how many turns and tokens were dropped."""
+        """The prompt, after dropping old turns if it does not fit; also how many turns and tokens were dropped.
+        The fewest oldest turns whose removal leaves (1 - overflow_share) of the context are found by bisection, so
+        a long conversation on a large context costs a few renders, not one per turn."""
         n_ctx = self.model.n_ctx
+        text, tokens = self._render()
+        if len(tokens) + reserve <= n_ctx:
+            return text, tokens, 0, 0
         goal = n_ctx - int(self.overflow_share * n_ctx)  # room to leave once something has to go
-        dropped, first = 0, None
-        while True:
-            text, tokens = self._render()
-            first = len(tokens) if first is None else first
-            fits = len(tokens) + reserve <= n_ctx
-            if fits and (not dropped or len(tokens) + reserve <= goal):
-                return text, tokens, dropped, first - len(tokens)
-            if not self._drop_oldest_turn():
-                if fits:  # only the newest turn is left: it stays
-                    return text, tokens, dropped, first - len(tokens)
-                raise ContextOverflowError(
-                    f"the newest message needs {len(tokens)} prompt tokens and the context of {n_ctx} "
-                    f"keeps {reserve} free for the answer: shorten it, lower max_tokens or load with a larger n_ctx")
-            dropped += 1
+        messages = self._messages
+        starts = [i for i, m in enumerate(messages) if m["role"] == "user"]  # turn k begins at starts[k]
 
-    def _drop_oldest_turn(self) -> bool:
-        starts = [i for i, m in enumerate(self._messages) if m["role"] == "user"]
-        if len(starts) < 2:
-            return False  # only the current turn is left
-        self.trimmed += starts[1]
-        del self._messages[: starts[1]]
-        return True
+        def without(k: int) -> tuple[str, list[int]]:
+            self._messages = messages[starts[k]:] if k else messages
+            return self._render()
+
+        hi = max(len(starts) - 1, 0)  # only the newest turn left
+        lo = min(1, hi)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(without(mid)[1]) + reserve <= goal:
+                hi = mid
+            else:
+                lo = mid + 1
+        cut, (text, shorter) = starts[lo] if lo else 0, without(lo)
+        if len(shorter) + reserve > n_ctx:
+            self._messages = messages
+            raise ContextOverflowError(
+                f"the newest message needs {len(shorter)} prompt tokens and the context of {n_ctx} "
+                f"keeps {reserve} free for the answer: shorten it, lower max_tokens or load with a larger n_ctx")
+        self.trimmed += cut
+        return text, shorter, lo, len(tokens) - len(shorter)
 
     def _head(self, text: str, tokens: list[int]) -> int:
         """How many of the prompt's tokens are its system turn (system prompt and tools): Model.sync keeps a
@@ -260,7 +266,7 @@ class Chat:
     def stream_regenerate(self, *, max_tokens: int | None = None, interrupt: Callable[[], bool] | None = None,
                           **overrides: Any) -> Iterator[Chunk]:
         """Replace the last answer with a new one, streamed (pass another seed or temperature for a different one)."""
-        if not self._messages or self._messages[-1]["role"] != "assistant":
+        if len(self._messages) < 2 or self._messages[-1]["role"] != "assistant":
             raise UsageError("nothing to regenerate: the conversation does not end with an answer")
         saved = (list(self._messages), self.trimmed)
         del self._messages[-1]
