@@ -149,6 +149,18 @@ def test_regenerate_after_a_tool_result_answers_the_tool_again(model):
         '<|im_end|>\n<|im_start|>tool\n{"temperature_c": 21}<|im_end|>\n<|im_start|>assistant\n'))
 
 
+def test_two_sessions_on_one_model_resume_from_their_checkpoints(model):
+    """Sessions taking turns on one model (a server's queue, say): each turn restores that session's last turn end
+    instead of re-reading its conversation, with or without a system prompt snapshot in between."""
+    a = Chat(model, system=SYSTEM, max_tokens=12, seed=1)
+    b = Chat(model, system="Another system prompt, for the other session.", max_tokens=12, seed=2)
+    for i in range(4):
+        for session in (a, b):
+            reply = session.send(question(i))
+            if i:
+                assert reply.stats.prompt_evaluated == len(turn_tokens(model, question(i))) and reply.stats.reprefill
+
+
 def test_nothing_to_regenerate_or_edit(model):
     session = Chat(model, max_tokens=4)
     with pytest.raises(UsageError, match="nothing to regenerate"):

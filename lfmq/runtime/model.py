@@ -191,7 +191,8 @@ class Model:
             raise ContextOverflowError(f"the prompt is {len(tokens)} tokens and the context holds {self.n_ctx}: "
                                        "shorten it or load the model with a larger n_ctx")
         before = self.evaluated
-        if 0 < snapshot_at < len(tokens) and (self._snapshot is None or self._snapshot[0] != tuple(tokens[:snapshot_at])):
+        if 0 < snapshot_at < len(tokens) and (self._snapshot is None or self._snapshot[0] != tuple(tokens[:snapshot_at])) \
+                and self._resumes_at(tokens) < snapshot_at:  # else the context or a checkpoint goes further
             self.sync(tokens[:snapshot_at])
             self._save_snapshot()
         keep = 0
@@ -221,6 +222,15 @@ class Model:
                 return len(snap[0])
         self.reset()
         return 0
+
+    def _resumes_at(self, tokens: list[int]) -> int:
+        """How many of tokens sync() would not evaluate again: what the context holds if it is a prefix of them,
+        else the longest snapshot that is."""
+        held = self._tokens if self._state_ok else []
+        if held and len(held) < len(tokens) and tokens[: len(held)] == held:
+            return len(held)
+        snap = self._best_snapshot(tokens)
+        return len(snap[0]) if snap else 0
 
     def _best_snapshot(self, tokens: list[int]) -> tuple[tuple[int, ...], Any] | None:
         """The longest snapshot (shared prompt or checkpoint) that is a proper prefix of tokens."""
