@@ -141,12 +141,18 @@ class Worker:
                     slot.job = job  # taken: the next choice sees it busy
                     admit.append((slot, job))
             for slot, job in admit:
-                self._admit(slot, job)
+                try:
+                    self._admit(slot, job)
+                except Exception as e:  # the thread must outlive any one request
+                    self.engine.forget(slot.seq)
+                    slot.tokens, slot.text = [], ""
+                    self._fail(slot, f"internal error: {type(e).__name__}: {e}", 500)
             try:
                 self._step()
-            except LfmqError as e:  # llama.cpp refused a batch: fail what is running, start the sequences afresh
+            except Exception as e:  # llama.cpp refused a batch (or a bug): fail what runs, start the sequences afresh
+                message = str(e) if isinstance(e, LfmqError) else f"internal error: {type(e).__name__}: {e}"
                 for slot in self._busy():
-                    self._fail(slot, str(e), 500)
+                    self._fail(slot, message, 500)
                 self.engine.clear()
                 for slot in self.slots:
                     slot.tokens, slot.text, slot.snap = [], "", None
