@@ -4,12 +4,13 @@ In one run, on one model (default: a tiny synthetic LFM2 with the 350M's 65536-t
 dir; the counts depend on the tokenizer and the turn lengths only, so the synthetic 350M gives the same; pass --model
 for seconds that mean something):
 1. Overflow: n_ctx 1024, a short system prompt, short questions and 24-token answers (end of turn banned), as in the
-   issue. Turns run until the context first overflows, then --turns more, with overflow_share 0 (before: drop one
-   turn at a time, as lfmq did) and 0.5 (after: the default). Prints the mean prompt tokens evaluated per turn over
-   the turns after the first overflow against the turn's own new tokens (target: at most 3x), the same counting the
+   issue. Turns run until the context first overflows, then --turns more: before (lfmq until now: one turn dropped
+   at a time and the whole prompt evaluated again), overflow_share 0 (one turn at a time, the system prompt's state
+   kept) and after (overflow_share 0.5, the default). Prints the mean prompt tokens evaluated per turn over the
+   turns after the first overflow against the turn's own new tokens (target: at most 3x), the same counting the
    answer's tokens too, the re-prefills and the prompt seconds per turn.
-2. Regenerate: 10 turns, then Chat.regenerate(): prompt tokens evaluated with no checkpoints (before: the whole
-   conversation again) and with the turn-boundary checkpoints (after: the last turn only).
+2. Regenerate: 10 turns, then Chat.regenerate(): prompt tokens evaluated before (no checkpoints, no system prompt
+   snapshot: the whole conversation again) and after (from the turn-boundary checkpoint: the last turn only).
 
     .venv/bin/python benchmarks/chat_overflow.py [--model GGUF] [--turns 100] [--threads N] [--json FILE]
 """
@@ -61,9 +62,22 @@ def tiny_model(workdir: Path) -> Path:
     return out
 
 
-def overflow_run(model: lfmq.Model, share: float, turns: int) -> dict:
+class OldChat(Chat):
+    """The session as it was before: no snapshot after the system prompt (with share 0: one turn at a time)."""
+
+    def _head(self, text: str, tokens: list[int]) -> int:
+        return 0
+
+
+def fresh(model: lfmq.Model) -> None:
+    """Empty the context and forget every snapshot, as after loading."""
     model.reset()
-    session = Chat(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7, overflow_share=share)
+    model._snapshot, model._checkpoints = None, []
+
+
+def overflow_run(model: lfmq.Model, share: float, turns: int, kind: type[Chat] = Chat) -> dict:
+    fresh(model)
+    session = kind(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7, overflow_share=share)
     rows, first, i = [], None, 0
     while first is None or i < first + 1 + turns:
         s = session.send(question(i)).stats
@@ -89,9 +103,9 @@ def overflow_run(model: lfmq.Model, share: float, turns: int) -> dict:
 
 
 def regenerate_run(model: lfmq.Model, checkpoints: bool) -> dict:
-    model.reset()
+    fresh(model)
     model.checkpoint_bytes = lfmq.runtime.model.CHECKPOINT_BYTES if checkpoints else 0
-    session = Chat(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7)
+    session = (Chat if checkpoints else OldChat)(model, system=SYSTEM, max_tokens=ANSWER, ignore_eos=True, seed=7)
     for i in range(10):
         session.send(question(i))
     s = session.regenerate().stats
@@ -105,9 +119,11 @@ def main() -> None:
     path = args.model or tiny_model(args.workdir)
     summary: dict = {"model": str(path), "n_ctx": N_CTX, "answer_tokens": ANSWER}
     with load(path, n_ctx=N_CTX, threads=args.threads) as model:
-        before, after = overflow_run(model, 0.0, args.turns), overflow_run(model, 0.5, args.turns)
-        summary["overflow"] = {"before": before, "after": after}
-        for label, r in (("before (share 0)", before), ("after (share 0.5)", after)):
+        before = overflow_run(model, 0.0, args.turns, OldChat)
+        zero, after = overflow_run(model, 0.0, args.turns), overflow_run(model, 0.5, args.turns)
+        summary["overflow"] = {"before": before, "share_0": zero, "after": after}
+        for label, r in (("before (one turn at a time)", before), ("share 0 (system prompt kept)", zero),
+                         ("after (share 0.5)", after)):
             print(f"{label}: first overflow at turn {r['first_overflow_turn']}; over the {r['turns_measured']} turns "
                   f"after it, {r['prompt_evaluated_per_turn']} prompt tokens evaluated per turn for "
                   f"{r['own_tokens_per_turn']} of its own = {r['ratio']}x (counting the {ANSWER}-token answers: "
