@@ -114,3 +114,22 @@ def test_json_takes_no_value(path):
     """A flag: `--json --help` shows the help (an option with a value would swallow --help)."""
     r = runner.invoke(app, [*path, "--json", "--help"])
     assert r.exit_code == 0 and "--json" in r.output
+
+
+def _library_functions_behind_output() -> list[Callable[..., Any]]:
+    from lfmq.convert import convert
+    from lfmq.convert.lora_gguf import convert_adapter
+    from lfmq.convert.synth import synth
+    from lfmq.devices.build import build
+    from lfmq.quantize.imatrix import compute_imatrix
+    from lfmq.quantize.quantize import quantize
+    from lfmq.runtime.extract import extract_files
+
+    return [convert, convert_adapter, synth, build, compute_imatrix, quantize, extract_files]
+
+
+@pytest.mark.parametrize("fn", _library_functions_behind_output(), ids=lambda f: f.__name__)
+def test_the_library_says_output_where_the_flag_says_output(fn):
+    """Option names equal the parameter names of the function a command calls: -o/--output is `output` there too."""
+    params = inspect.signature(fn).parameters
+    assert "output" in params and "out" not in params
