@@ -352,6 +352,42 @@ def test_greedy_tokens_under_qemu_equal_the_host(profile: str, quant: str, bundl
         assert flips == 0
 
 
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], list[list[int]]]:
+    """The trained tool-calling fixture as F32, Q4_0 and Q8_0, and three of its held-out prompts as lfmq renders
+    them (three tool calls): a model whose greedy answers have real margins. (Its extraction answers hold near-ties:
+    one of them flips under Q8_0 at a top-2 margin of 0.001 on the host, which the random-weight test above
+    allows.)"""
+    from lfmq.quantize import quantize
+
+    fixture = Path(__file__).parent / "fixtures" / "lfm2-tools-tiny"
+    folder = tmp_path_factory.mktemp("trained-build")
+    f32 = lfmq.convert(fixture, folder / "fx-F32.gguf", outtype="f32").path
+    out = {"F32": f32, **{r.type: r.path for r in quantize(f32, ["Q4_0", "Q8_0"], folder)}}
+    cases = [json.loads(line) for line in (fixture / "tasks.jsonl").read_text().splitlines()]
+    picked = [c for c in cases if "tools" in c][:3]
+    with lfmq.load(f32, n_ctx=512, threads=1) as m:
+        prompts = [m.tokenize(m.render(c["messages"], tools=[{"type": "function", "function": t}
+                                                              for t in c.get("tools", [])] or None))
+                   for c in picked]
+    return out, prompts
+
+
+@needs_qemu
+@pytest.mark.parametrize("profile", ARM)
+def test_trained_model_answers_identically_under_qemu(profile: str, bundles: dict[str, B.BuildResult],
+                                                      trained_models: tuple[dict[str, Path], list[list[int]]]) -> None:
+    """On a model with real margins, each ARM build under qemu decodes exactly the host build's greedy tool calls,
+    for F32, Q4_0 and Q8_0: no near-tie allowance (the random-weight model above needs one)."""
+    models, prompts = trained_models
+    for (quant, model), prompt in zip(models.items(), prompts):   # one prompt each: emulated prefill is slow
+        argv = ["lfmq-run", "generate", "-m", str(model), "--tokens", ",".join(map(str, prompt)), "-n", "48",
+                "-t", "2", "-c", "512"]
+        there = _tokens(_events(qemu_run(bundles[profile].bundle, argv, timeout=600)))
+        here = _tokens(_events(_host_run(bundles["host"], argv)))
+        assert there == here and len(here) > 5, (profile, quant, prompt)
+
+
 @needs_qemu
 def test_snapdragon_build_on_a_pi5_cpu_is_a_clear_sigill(bundles: dict[str, B.BuildResult],
                                                          models: dict[str, Path]) -> None:
