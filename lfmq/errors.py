@@ -105,6 +105,12 @@ class DeviceError(LfmqError, RuntimeError):
     """A device that cannot be reached, refuses the run, lacks room or lacks the CPU features a build needs."""
 
 
+class DeviceInterrupted(DeviceError):
+    """Ctrl-C during a device run: what ran on the device has been stopped (exit 130, as for any Ctrl-C)."""
+
+    exit_code = 130
+
+
 class BuildError(LfmqError, RuntimeError):
     """A cross-build of llama.cpp for a device failed; the message names the step and the tool's last line."""
 

@@ -171,3 +171,39 @@ def test_calibrate_from_a_report_predicts_what_was_measured(trained: dict[str, P
     (tmp_path / "emu.json").write_text(json.dumps(report))
     emu = run_cli("devices", "calibrate", str(tmp_path / "emu.json"), "-o", str(tmp_path / "x.json"))
     assert emu.returncode == 1 and "emulated run" in emu.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_ctrl_c_during_a_device_run_stops_it_there_and_exits_130(trained: dict[str, Path], tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to lfmq, as a terminal sends it) while lfmq-run generates under qemu: one line, exit 130,
+    and no emulated runner left behind."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from device_helpers import running, wait_gone
+
+    model = tmp_path / "ctrl-c.gguf"   # a path of its own: the runner's command line is found by it
+    shutil.copy(trained["F32"], model)
+    env = {k: v for k, v in os.environ.items() if k != "LFMQ_DEBUG"}
+    proc = subprocess.Popen([sys.executable, "-m", "lfmq", "generate", str(model), "-p", ASK, "--device", "qemu:rpi5",
+                             "--max-tokens", "3000", "--ignore-eos", "-c", "4096"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        end = time.monotonic() + 300
+        while not [c for c in running(str(model)) if "lfmq-run" in c] and time.monotonic() < end:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        assert [c for c in running(str(model)) if "lfmq-run" in c], "the runner never started"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "error: interrupted: stopped lfmq-run on qemu:rpi5", err
+    assert "Traceback" not in err
+    assert wait_gone(str(model)) == []

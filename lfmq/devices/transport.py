@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from lfmq.devices.cpu_features import explain_sigill, fitting_profiles, is_sigill
 from lfmq.devices.profiles import ARM_FLAGS, X86_FLAGS
-from lfmq.errors import DeviceError, UsageError
+from lfmq.errors import DeviceError, DeviceInterrupted, UsageError
 from lfmq.progress import Progress  # noqa: F401  (transport_remote takes it from here)
 
 LineCallback = Callable[[str], None]
@@ -296,7 +296,7 @@ def stream(cmd: Sequence[str], on_line: LineCallback | None, stop: Callable[[], 
         if stop:
             stop()
         if isinstance(e, KeyboardInterrupt):
-            raise DeviceError(f"interrupted: stopped {what}") from None
+            raise DeviceInterrupted(f"interrupted: stopped {what}") from None
         raise
     finally:
         reader.join(timeout=5)
