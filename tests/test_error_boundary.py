@@ -11,7 +11,7 @@ import warnings
 import pytest
 
 from conftest import run_cli
-from lfmq.errors import LfmqError, UsageError
+from lfmq.errors import DeviceInterrupted, LfmqError, UsageError
 from test_defects import _imatrix_for
 
 MESSAGE = "what went wrong [/in brackets]: what to do next"
@@ -32,7 +32,8 @@ def test_one_tree_and_its_exit_codes():
     assert {"QuantizeError", "UsageError", "InputError", "BenchError", "DeviceError"} <= {c.__name__ for c in ERRORS}
     for cls in ERRORS:
         assert cls.__module__ == "lfmq.errors", f"{cls.__name__} is declared outside lfmq/errors.py"
-        assert cls.exit_code == (2 if issubclass(cls, UsageError) else 1), cls.__name__
+        want = 2 if issubclass(cls, UsageError) else 130 if issubclass(cls, DeviceInterrupted) else 1  # Ctrl-C: 130
+        assert cls.exit_code == want, cls.__name__
 
 
 def _main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
