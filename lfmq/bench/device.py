@@ -14,22 +14,6 @@ from lfmq.bench.result import BenchReport, BuildInfo, Device
 from lfmq.devices.profiles import Profile
 from lfmq.progress import Progress
 
-FLAGS = {"n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c", "type_k": "-ctk", "type_v": "-ctv"}
-
-
-def runner_flags(knobs: dict[str, Any]) -> list[str]:
-    """lfmq-run's flags for runtime knobs (threads, n_ctx, n_batch, n_ubatch, KV types, mmap, flash attention)."""
-    out = ["-t", str(knobs["threads"])]
-    for key, flag in FLAGS.items():
-        if knobs.get(key) is not None:
-            out += [flag, str(knobs[key])]
-    if knobs.get("use_mmap") is not None:
-        out += ["--mmap", "1" if knobs["use_mmap"] else "0"]
-    if "flash_attn" in knobs:
-        fa = knobs["flash_attn"]
-        out += ["-fa", "-1" if fa is None else "1" if fa else "0"]
-    return out
-
 
 def chat_tokens(model: Path) -> list[int]:
     """The time-to-first-token prompt as lfmq renders it (the model's Jinja template), tokenized here."""
@@ -39,22 +23,28 @@ def chat_tokens(model: Path) -> list[int]:
         return list(m.tokenize(m.render(CHAT, add_generation_prompt=True), special=True))
 
 
-def bench_on_device(uri: str, paths: list[Path], metas: list[Any], *, profile: str | None, n_prompt: int, n_gen: int,
-                    reps: int, threads: list[int] | None, depth: int, knobs: dict[str, Any] | None,
-                    progress: Progress | None) -> BenchReport:
+def bench_on_device(models: list[str | Path], *, device: str, profile: str | None = None, n_prompt: int = 512,
+                    n_gen: int = 128, reps: int = 5, threads: list[int] | None = None, depth: int = 0,
+                    knobs: dict[str, Any] | None = None, progress: Progress | None = None) -> BenchReport:
+    """lfmq.bench.run.bench's cases, run on `device` (a URI: ssh://..., adb[:SERIAL], qemu:PROFILE)."""
     from lfmq import __version__
-    from lfmq.bench.run import _load_knobs, _machine, _test, sha256
+    from lfmq.bench.run import _load_knobs, _machine, _test, check_args, sha256
     from lfmq.devices.predict import predict, shape_of
     from lfmq.devices.profiles import HOST, get_profile
-    from lfmq.devices.session import DeviceSession
+    from lfmq.devices.session import DeviceSession, runner_flags
     from lfmq.errors import DeviceError, UsageError
+    from lfmq.meta import read_meta
+
+    check_args(reps, n_prompt, n_gen, depth)
+    paths = [Path(m) for m in models]
+    metas = [read_meta(p) for p in paths]   # clear errors before any connection
 
     if knobs and knobs.get("lora"):
         raise UsageError("--lora is not supported with --device: merge the adapter (lfmq convert --lora) and bench "
                          "the merged file")
     n_ctx = n_prompt + n_gen + depth + 1
     ttft = {p: chat_tokens(p) for p in paths}   # before connecting: a model lfmq cannot load fails here
-    with DeviceSession.open(uri, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
+    with DeviceSession.open(device, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
         if s.profile == HOST:
             from lfmq.bench.run import profile_used
 
@@ -89,7 +79,7 @@ def bench_on_device(uri: str, paths: list[Path], metas: list[Any], *, profile: s
         build = BuildInfo(llama_cpp_python=str(manifest.get("llama_cpp_python", "?")),
                           llama_cpp=str(src), libllama_sha256=runner_sha[:16],
                           system_info=system_info)
-        device = Device(**s.record())
+        record = Device(**s.record())
     prof = replace(prof, runtime={**prof.runtime, **base})
     return BenchReport(__version__, build, _machine(), prof, tests, [predict(prof, shape_of(m)) for m in metas], metas,
-                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), device)
+                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), record)

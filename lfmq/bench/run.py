@@ -78,23 +78,16 @@ def bench(
     depth: int = 0,
     knobs: dict[str, Any] | None = None,
     progress: Progress | None = None,
-    device: str | None = None,
 ) -> BenchReport:
-    """Measure pp and tg for every model and thread count, each case in its own process; on a device (a URI:
-    ssh://..., adb[:SERIAL], qemu:PROFILE) each case is a run of the device build's lfmq-run there."""
+    """Measure pp and tg for every model and thread count, each case in its own process (on a device:
+    lfmq.bench.device.bench_on_device)."""
     from lfmq import __version__
     from lfmq.devices.predict import predict, shape_of
     from lfmq.meta import read_meta
 
-    if reps < 1 or n_prompt < 0 or n_gen < 0 or depth < 0 or not (n_prompt or n_gen):
-        raise UsageError("bench needs reps >= 1 and a prompt (-p) or a generation (-n) length")
+    check_args(reps, n_prompt, n_gen, depth)
     paths = [Path(m) for m in models]
     metas = [read_meta(p) for p in paths]  # clear errors before any process starts
-    if device and device.strip() != "local":
-        from lfmq.bench.device import bench_on_device
-
-        return bench_on_device(device, paths, metas, profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
-                               threads=threads, depth=depth, knobs=knobs, progress=progress)
     prof = profile_used(profile, knobs)
     base = _load_knobs(prof.runtime)
     base["n_ctx"] = max(int(base.get("n_ctx", 4096)), n_prompt + n_gen + depth + 1)  # the test must fit
@@ -113,6 +106,11 @@ def bench(
     return BenchReport(__version__, build_info(), machine, prof, tests, [predict(prof, shape_of(m)) for m in metas],
                        metas, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        Device(kind="local", features=machine.features))
+
+
+def check_args(reps: int, n_prompt: int, n_gen: int, depth: int) -> None:
+    if reps < 1 or n_prompt < 0 or n_gen < 0 or depth < 0 or not (n_prompt or n_gen):
+        raise UsageError("bench needs reps >= 1 and a prompt (-p) or a generation (-n) length")
 
 
 def profile_used(profile: str | Path | None, knobs: dict[str, Any] | None = None) -> Profile:

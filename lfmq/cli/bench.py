@@ -44,9 +44,14 @@ def bench(
     if not models:
         raise UsageError("give one or more GGUF files to measure (or --compare A.json B.json)")
     with ui.progress_bar("bench") as progress:
-        result = run_bench(models, profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads,
-                           depth=depth, progress=progress, device=device,
-                           knobs={"lora": lora_settings(lora)} if lora else None)
+        cases = dict(profile=profile, n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, depth=depth,
+                     progress=progress, knobs={"lora": lora_settings(lora)} if lora else None)
+        if device and device.strip() != "local":
+            from lfmq.bench.device import bench_on_device
+
+            result = bench_on_device(models, device=device, **cases)   # the same cases, run there
+        else:
+            result = run_bench(models, **cases)
     ui.print_json(result.to_dict()) if json else ui.show_bench(result)  # report.json's shape, from one place
     if output:
         ui.wrote(result.save(output, force))

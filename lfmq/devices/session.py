@@ -19,6 +19,23 @@ from lfmq.errors import DeviceError, UsageError
 from lfmq.progress import Progress
 
 
+RUNNER_FLAGS = {"n_batch": "-b", "n_ubatch": "-ub", "n_ctx": "-c", "type_k": "-ctk", "type_v": "-ctv"}
+
+
+def runner_flags(knobs: dict[str, Any]) -> list[str]:
+    """lfmq-run's flags for runtime knobs (threads, n_ctx, n_batch, n_ubatch, KV types, mmap, flash attention)."""
+    out = ["-t", str(knobs["threads"])]
+    for key, flag in RUNNER_FLAGS.items():
+        if knobs.get(key) is not None:
+            out += [flag, str(knobs[key])]
+    if knobs.get("use_mmap") is not None:
+        out += ["--mmap", "1" if knobs["use_mmap"] else "0"]
+    if "flash_attn" in knobs:
+        fa = knobs["flash_attn"]
+        out += ["-fa", "-1" if fa is None else "1" if fa else "0"]
+    return out
+
+
 def pick_profile(named: str | None, device: Device, info: DeviceInfo) -> str:
     """The profile whose build runs on the device: as named, as the URI says, or as the CPU's features allow."""
     from lfmq.devices.profiles import HOST, get_profile
@@ -106,7 +123,6 @@ def generate_on_device(uri: str, model: str | Path, prompt: str, *, messages: Se
     """One answer decoded greedily by lfmq-run on the device: the prompt (messages through the model's template, or
     `prompt` as is when messages is None) is rendered and tokenized here, the tokens stream back, prose goes to
     on_text as it comes (tool-call markers never do) and the reply is parsed here. Returns a runtime Reply."""
-    from lfmq.bench.device import runner_flags
     from lfmq.runtime.chat import Reply
     from lfmq.runtime.generate import Stats
     from lfmq.runtime.model import load
