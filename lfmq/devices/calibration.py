@@ -199,7 +199,6 @@ def calibrate_report(report: object, name: str | None = None) -> Profile:
     """The profile a bench report ran with, its factors measured on that device: decode efficiency from each tg
     test (with the fitted per-token overhead), prefill efficiency from each pp test, averaged. Emulated runs and
     reports without a bandwidth are refused (InputError): their speeds say nothing about a device."""
-    from lfmq.devices.predict import shape_of
     from lfmq.errors import InputError
 
     rep = report
@@ -210,21 +209,21 @@ def calibrate_report(report: object, name: str | None = None) -> Profile:
     if not prof.bandwidth_gbs:
         raise InputError(f"the report's profile {prof.name} has no memory bandwidth: bench with --profile host "
                          "(measured) or a device profile")
-    shapes = {str(m.path): shape_of(m) for m in rep.models}   # type: ignore[attr-defined]
+    metas = {str(m.path): m for m in rep.models}               # type: ignore[attr-defined]
     overhead_s = builtin_fit().overhead_s
     decode, prefill, used = [], [], []
     for t in rep.tests:                                        # type: ignore[attr-defined]
-        shape = shapes.get(str(t.model_filename)) or next(
-            (s for s in shapes.values() if s.path.name == Path(t.model_filename).name), None)
-        if shape is None or t.avg_ts <= 0 or t.n_depth:
+        meta = metas.get(str(t.model_filename)) or next(
+            (m for m in metas.values() if Path(m.path).name == Path(t.model_filename).name), None)
+        if meta is None or not meta.bytes_per_token or t.avg_ts <= 0 or t.n_depth:
             continue
         if t.n_gen and not t.n_prompt and 1.0 / t.avg_ts > overhead_s:
-            decode.append(shape.bytes_per_token / (prof.bandwidth_gbs * 1e9 * (1.0 / t.avg_ts - overhead_s)))
+            decode.append(meta.bytes_per_token / (prof.bandwidth_gbs * 1e9 * (1.0 / t.avg_ts - overhead_s)))
         elif t.n_prompt and not t.n_gen:
-            prefill.append(t.avg_ts * 2 * (shape.active_params or shape.params) / (peak_gflops(prof) * 1e9))
+            prefill.append(t.avg_ts * 2 * (meta.n_params_active or meta.n_params) / (peak_gflops(prof) * 1e9))
         else:
             continue
-        used.append(f"{shape.path.name} {'tg' if t.n_gen else 'pp'}{t.n_gen or t.n_prompt} {t.avg_ts:.1f} tok/s")
+        used.append(f"{Path(meta.path).name} {'tg' if t.n_gen else 'pp'}{t.n_gen or t.n_prompt} {t.avg_ts:.1f} tok/s")
     if not decode and not prefill:
         raise InputError("the report has no pp or tg test without --depth for a model it describes: bench with "
                          "-p and -n and calibrate on that")
