@@ -153,6 +153,20 @@ def show_quantize(results: list[Any]) -> None:
         out.print("dry run: sizes the outputs would have; nothing was written")
 
 
+def show_mix(r: Any, source: Any) -> None:
+    """The mix `lfmq quantize --recipe auto` wrote, against its budget and the budget type's own KLD."""
+    limit = f"{r.limit_bpw} bpw" if r.limit_bpw is not None else f"{r.limit_bytes:,} bytes"
+    out.print(f"recipe auto within {r.budget} ({limit}): {human_bytes(r.bytes)} ({r.bytes:,} bytes), "
+              f"{r.bits_per_weight:.2f} bpw, the {r.chosen} mix of {r.candidates} measured", markup=False)
+    line = f"KLD {r.kld:.5f} on {r.calibration} ({r.chunks} chunks of {r.n_ctx})"
+    if r.baseline_kld:
+        line += f"; {r.baseline} {r.baseline_kld:.5f} ({100 * (r.kld / r.baseline_kld - 1):+.0f}%)"
+    out.print(line, markup=False)
+    out.print(f"wrote {r.path} and its mix {r.tensor_type_file} in {r.seconds:.1f} s; with llama.cpp alone:", markup=False)
+    out.print(f"  llama-quantize --pure --tensor-type-file {r.tensor_type_file.name} {source} {r.path.name} "
+              f"{r.file_type}", markup=False)
+
+
 def show_imatrix(r: Any) -> None:
     out.print(f"wrote {r.path}: {r.entries} weights, {r.chunks} chunks of {r.chunk_size} tokens ({r.tokens:,} tokens) "
               f"from {r.dataset} in {r.seconds:.1f} s")

@@ -10,13 +10,14 @@ import typer
 
 from lfmq.cli.app import app
 from lfmq.cli.options import ChunkCtx, Chunks, Force, GGUFPath, Json, TextFile, Threads
+from lfmq.errors import UsageError
 
 
 @app.command()
 def quantize(
     model: GGUFPath,
-    types: Annotated[str, typer.Option("-q", "--types", help="Types, comma-separated (Q4_K_M,Q8_0...), or 'ladder'.",
-                                       show_default=False)],
+    types: Annotated[Optional[str], typer.Option("-q", "--types", help="Types, comma-separated (Q4_K_M,Q8_0...), or "
+                                                 "'ladder'.", show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder, or a .gguf file for one "
                                                                           "type.")] = None,
     imatrix: Annotated[Optional[Path], typer.Option("--imatrix", help="Importance matrix (lfmq imatrix or "
@@ -32,6 +33,14 @@ def quantize(
     allow_requantize: Annotated[bool, typer.Option(help="Accept an already-quantized input (quality suffers).")] = False,
     eval: Annotated[bool, typer.Option("--eval", help="Measure each output's quality against MODEL afterwards.")] = False,
     eval_chunks: Annotated[Optional[int], typer.Option(help="With --eval: at most this many 512-token chunks.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="'auto': search a per-tensor mix with the least KL "
+                                                   "divergence within --budget (instead of -q).")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="With --recipe: a type (Q4_K_M), bits per weight "
+                                                   "(4.5) or bytes (250MB) the mix must fit.")] = None,
+    file: TextFile = None,
+    n_ctx: ChunkCtx = 512,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", help="With --recipe: at most this many calibration "
+                                                   "chunks (default 16).")] = None,
     force: Force = False,
     json: Json = False,
 ) -> None:
@@ -40,6 +49,12 @@ def quantize(
     from lfmq.quantize import quantize as run
     from lfmq.quantize.eval import evaluate
 
+    if recipe is not None or budget is not None:
+        _recipe(model, types, recipe, budget, output, file, n_ctx, chunks, threads, imatrix, force, json, eval,
+                eval_chunks)
+        return
+    if types is None:
+        raise UsageError("give the types with -q (Q4_K_M, Q4_0,Q8_0 or ladder), or --recipe auto --budget Q4_K_M")
     with ui.progress_bar("quantizing") as progress:
         results = run(model, types, output, imatrix=imatrix, output_tensor_type=output_tensor_type,
                       token_embedding_type=token_embedding_type, tensor_type=tensor_type, pure=pure, threads=threads,
@@ -53,6 +68,35 @@ def quantize(
         ui.print_json({"outputs": results, "eval": report})
     else:
         ui.show_quantize(results)
+        if report:
+            ui.show_eval(report)
+
+
+def _recipe(model: Path, types: str | None, recipe: str | None, budget: str | None, output: Path | None,
+            file: Path | None, n_ctx: int, chunks: int | None, threads: int | None, imatrix: Path | None,
+            force: bool, json: bool, eval: bool, eval_chunks: int | None) -> None:
+    from lfmq import ui
+    from lfmq.quantize.eval import evaluate
+    from lfmq.quantize.recipe import default_output, recipe_quantize
+
+    if recipe != "auto":
+        raise UsageError(f"--recipe {recipe}: the one recipe is 'auto'" if recipe else "--budget goes with --recipe auto")
+    if budget is None:
+        raise UsageError("--recipe auto needs --budget: a type (Q4_K_M), bits per weight (4.5) or bytes (250MB)")
+    if types is not None or imatrix is not None:
+        raise UsageError(f"--recipe auto chooses the types itself: drop {'-q' if types is not None else '--imatrix'}")
+    with ui.progress_bar("searching") as progress:
+        result = recipe_quantize(model, output or default_output(model, budget), budget, file=file, n_ctx=n_ctx,
+                                 chunks=16 if chunks is None else chunks, threads=threads, force=force,
+                                 progress=progress)
+    report = None
+    if eval:
+        with ui.progress_bar("evaluating") as progress:
+            report = evaluate([result.path], model, threads=threads, chunks=eval_chunks, progress=progress)
+    if json:
+        ui.print_json({"recipe": result, "eval": report})
+    else:
+        ui.show_mix(result, model)
         if report:
             ui.show_eval(report)
 

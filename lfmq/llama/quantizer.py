@@ -41,6 +41,7 @@ class QuantizeParams:
         self.c.pure = pure
         self.c.dry_run = dry_run
         self._keep: list[Any] = []
+        self._kv: dict[str, str | int | float] = {}
 
     @property
     def dry_run(self) -> bool:
@@ -70,11 +71,19 @@ class QuantizeParams:
             arr[i].size = values.size
         self._keep += [arr, means]
         self.c.imatrix = arr
-        overrides = (L.llama_model_kv_override * (len(kv) + 1))()
-        for o, (key, value) in zip(overrides, kv.items()):
+        self.metadata(kv)
+
+    def metadata(self, kv: dict[str, str | int | float]) -> None:
+        """Keys written into the output's metadata (added to those already asked for; strings of at most 127 bytes)."""
+        L = lib()
+        self._kv = {**self._kv, **kv}
+        overrides = (L.llama_model_kv_override * (len(self._kv) + 1))()
+        for o, (key, value) in zip(overrides, self._kv.items()):
             o.key = key.encode()
             if isinstance(value, int):
                 o.tag, o.value.val_i64 = L.LLAMA_KV_OVERRIDE_TYPE_INT, value
+            elif isinstance(value, float):
+                o.tag, o.value.val_f64 = L.LLAMA_KV_OVERRIDE_TYPE_FLOAT, value
             else:
                 o.tag, o.value.val_str = L.LLAMA_KV_OVERRIDE_TYPE_STR, value.encode()[:127]
         self._keep.append(overrides)
