@@ -36,12 +36,13 @@ SPECIAL_RE = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 TRAIN_SEED, TASK_SEED = 0, 1
 
 
-def model_config(n_vocab: int, attention: tuple[int, ...] = (2, 4), layers: int = 6) -> dict[str, Any]:
-    """LFM2.5's config.json dialect at fixture size: hidden 256 and FFN 256 (block_ff_dim 384, adjusted as LFM2's
-    are), so that every weight row suits the k-quants' 256-value blocks."""
+def model_config(n_vocab: int, attention: tuple[int, ...] = (2, 4), layers: int = 6, hidden: int = 256,
+                 ff: int = 384) -> dict[str, Any]:
+    """LFM2.5's config.json dialect at fixture size: by default hidden 256 and FFN 256 (block_ff_dim 384, adjusted as
+    LFM2's are), so that every weight row suits the k-quants' 256-value blocks."""
     cfg = make_config("tiny")
-    cfg.update(hidden_size=256, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-               block_ff_dim=384, block_multiple_of=256, vocab_size=n_vocab,
+    cfg.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+               block_ff_dim=ff, block_multiple_of=256, vocab_size=n_vocab,
                layer_types=["full_attention" if i in attention else "conv" for i in range(layers)])
     cfg["lfmq_fixture"] = {"note": "TRAINED on synthetic tool-call and extraction conversations: a small trained model, "
                                    "not Liquid's; see README.md", "script": "scripts/train_fixture.py"}
@@ -249,7 +250,7 @@ def export(args: argparse.Namespace, work: Path) -> None:
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     tok_json = json.loads((work / "tokenizer.json").read_text())
-    cfg = model_config(len(tok_json["model"]["vocab"]), args.attention, args.layers)
+    cfg = model_config(len(tok_json["model"]["vocab"]), args.attention, args.layers, args.hidden, args.ff)
     model = Lfm2ForCausalLM(Lfm2Config(**{k: v for k, v in cfg.items() if not k.startswith("lfmq_")}))
     saved = torch.load(work / "state.pt", weights_only=False)
     model.load_state_dict(saved["model"])
@@ -275,6 +276,8 @@ def main() -> None:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=256, help="hidden size (a multiple of 256 suits every k-quant)")
+    p.add_argument("--ff", type=int, default=384, help="block_ff_dim before LFM2's adjustment (2/3, to a multiple of 256)")
     p.add_argument("--attention", default="2,4", help="indices of the attention layers; the others are short-conv")
     p.add_argument("--resume", action="store_true", help="continue from OUT/.train/state.pt")
     p.add_argument("--export", action="store_true", help="only write the checkpoint of the last saved state")
@@ -291,12 +294,13 @@ def main() -> None:
         export(args, work)
         return
     tok_json, items, held = prepare(args, work)
-    cfg = model_config(len(tok_json["model"]["vocab"]), args.attention, args.layers)
+    cfg = model_config(len(tok_json["model"]["vocab"]), args.attention, args.layers, args.hidden, args.ff)
     _, n_params, seconds = train(args, cfg, items, held, work)
     export(args, work)
     summary = {"parameters": n_params, "steps": args.steps, "batch": args.batch, "lr": args.lr,
                "train_seconds": round(seconds), "seed": args.seed, "task_seed": args.task_seed,
-               "conversations": len(items), "vocab": args.vocab, "layers": args.layers, "attention": list(args.attention), "threads": args.threads, "torch": torch.__version__}
+               "conversations": len(items), "vocab": args.vocab, "layers": args.layers, "attention": list(args.attention), "hidden": args.hidden, "ff": args.ff,
+               "threads": args.threads, "torch": torch.__version__}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), flush=True)
 
