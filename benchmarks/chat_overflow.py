@@ -119,16 +119,19 @@ def main() -> None:
     path = args.model or tiny_model(args.workdir)
     summary: dict = {"model": str(path), "n_ctx": N_CTX, "answer_tokens": ANSWER}
     with load(path, n_ctx=N_CTX, threads=args.threads) as model:
-        before = overflow_run(model, 0.0, args.turns, OldChat)
-        zero, after = overflow_run(model, 0.0, args.turns), overflow_run(model, 0.5, args.turns)
-        summary["overflow"] = {"before": before, "share_0": zero, "after": after}
-        for label, r in (("before (one turn at a time)", before), ("share 0 (system prompt kept)", zero),
-                         ("after (share 0.5)", after)):
+        runs = {}
+        for key, label, share, kind in (("before", "before (one turn at a time)", 0.0, OldChat),
+                                        ("share_0", "share 0 (system prompt kept)", 0.0, Chat),
+                                        ("after", "after (share 0.5)", 0.5, Chat)):
+            r = runs[key] = overflow_run(model, share, args.turns, kind)
             print(f"{label}: first overflow at turn {r['first_overflow_turn']}; over the {r['turns_measured']} turns "
                   f"after it, {r['prompt_evaluated_per_turn']} prompt tokens evaluated per turn for "
                   f"{r['own_tokens_per_turn']} of its own = {r['ratio']}x (counting the {ANSWER}-token answers: "
                   f"{r['with_answer_ratio']}x); {r['reprefills']} re-prefills, {r['overflow_steps']} overflow steps "
-                  f"of {r['turns_dropped_per_step']} turns; {r['prompt_seconds_per_turn'] * 1000:.1f} ms prompt/turn")
+                  f"of {r['turns_dropped_per_step']} turns; {r['prompt_seconds_per_turn'] * 1000:.1f} ms prompt/turn",
+                  flush=True)
+        summary["overflow"] = runs
+        before, after = runs["before"], runs["after"]
         print(f"overflow: after/before tokens evaluated per turn = "
               f"{after['prompt_evaluated_per_turn'] / before['prompt_evaluated_per_turn']:.3f}; "
               f"target after <= 3x own tokens: {'met' if after['ratio'] <= 3 else 'MISSED'} ({after['ratio']}x)")
