@@ -1,4 +1,5 @@
-"""Build llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, llama-batched-bench)
+"""Build llama.cpp's own tools (llama-quantize, llama-imatrix, llama-perplexity, llama-bench, llama-batched-bench,
+llama-server)
 from the tree that llama-cpp-python 0.3.36 vendors, with the same flags lfmq's binding is built with, cached under
 benchmarks/out (one build at a time: a lock file, as several benchmarks may ask at once).
 
@@ -21,7 +22,7 @@ OUT = Path(__file__).resolve().parent / "out"
 SDIST = OUT / f"llama_cpp_python-{VERSION}.tar.gz"
 TREE = OUT / "llama.cpp-src" / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
 BUILD = OUT / "llama.cpp-build"
-TARGETS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-batched-bench")
+TARGETS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-batched-bench", "llama-server")
 # same as scripts/install-llama-cpp-python.sh: native, minus AMX (its matmul segfaults on these Xeons)
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" if platform.machine() == "x86_64" else ""
 
@@ -56,10 +57,12 @@ def _build(targets: tuple[str, ...], bindir: Path) -> Path:
     if not missing:
         return bindir
     tree = source_tree()
-    if not (BUILD / "CMakeCache.txt").exists():
+    cache = BUILD / "CMakeCache.txt"
+    # llama-server is a target only when configured in (a cache made before it was one is configured again)
+    if not cache.exists() or "LLAMA_BUILD_SERVER:BOOL=ON" not in cache.read_text():
         subprocess.run(["cmake", "-S", str(tree), "-B", str(BUILD), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
                         f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}", "-DLLAMA_CURL=OFF",
-                        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                        "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=ON",
                         "-DBUILD_SHARED_LIBS=OFF"], check=True)
     subprocess.run(["cmake", "--build", str(BUILD), "-j2", "--target", *missing], check=True)
     return bindir
