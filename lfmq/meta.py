@@ -58,6 +58,7 @@ class ModelMeta:
     leading_dense_blocks: int | None = None
     n_ff_expert: int | None = None
     n_params_active: int = 0           # what one token computes with: all but the experts it is not routed to
+    recipe_budget: str | None = None   # a mix by `lfmq quantize --recipe auto`: the budget it was searched within
 
     @property
     def n_layer(self) -> int:
@@ -111,7 +112,8 @@ def meta_from_reader(reader: gguf.GGUFReader, path: str | Path) -> ModelMeta:
 def meta_from_fields(fields: Mapping[str, Any], tensors: Mapping[str, TensorEntry], path: str | Path,
                      file_bytes: int | None = None) -> ModelMeta:
     """ModelMeta from a GGUF's key/value pairs and tensor index, whichever parser read them."""
-    from lfmq.convert.writer import KEY_LFMQ_REVISION, KEY_LFMQ_SOURCE, KEY_LFMQ_SYNTHETIC, KEY_LFMQ_VERSION
+    from lfmq.convert.writer import (KEY_LFMQ_RECIPE_BUDGET, KEY_LFMQ_REVISION, KEY_LFMQ_SOURCE, KEY_LFMQ_SYNTHETIC,
+                                     KEY_LFMQ_VERSION)
 
     path = Path(path)
     arch = fields.get(K.General.ARCHITECTURE)
@@ -147,6 +149,7 @@ def meta_from_fields(fields: Mapping[str, Any], tensors: Mapping[str, TensorEntr
         leading_dense_blocks=_int(get(K.LLM.LEADING_DENSE_BLOCK_COUNT)) if expert_count else None,
         n_ff_expert=_int(get(K.LLM.EXPERT_FEED_FORWARD_LENGTH)) if expert_count else None,
         n_params_active=sum(_active(name, math.prod(t.shape), expert_count, expert_used) for name, t in tensors.items()),
+        recipe_budget=fields.get(KEY_LFMQ_RECIPE_BUDGET),
     )
 
 

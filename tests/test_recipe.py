@@ -114,6 +114,7 @@ def test_knapsack_on_a_coarse_grid_stays_within_the_limit():
     (["--budget", "Q4_K_M"], "error: --budget goes with --recipe auto"),
     (["--recipe", "auto", "--budget", "Q4_K_M", "-q", "Q4_0"], "error: --recipe auto chooses the types itself"),
     (["--recipe", "auto", "--budget", "Q4_K_M", "-o", "out-folder"], "error: -o out-folder: --recipe writes one file"),
+    (["-q", "Q4_0", "--chunks", "4"], "error: -f, -c and --chunks set the calibration text of --recipe auto"),
 ])
 def test_cli_usage_errors_are_one_line(fixture_f16, args, message):
     res = run_cli("quantize", str(fixture_f16), *args)
@@ -149,6 +150,7 @@ def test_recipe_fits_q4_k_m_and_beats_its_kld_on_held_out_text(fixture_f16, reci
     # lfmq's eval.txt: text the search never saw
     rep = evaluate([q4.path, out], fixture_f16, n_ctx=256, chunks=24)
     assert rep.models[1].kld_mean < rep.models[0].kld_mean
+    assert [m.file_type for m in rep.models] == ["MOSTLY_Q4_K_M", "auto-Q4_K_M"]  # the mix is named for its budget
     assert sorted(p.name for p in fixture_f16.parent.iterdir() if p.name.startswith(".")) == []  # no scratch left
 
 

@@ -55,6 +55,8 @@ def quantize(
         return
     if types is None:
         raise UsageError("give the types with -q (Q4_K_M, Q4_0,Q8_0 or ladder), or --recipe auto --budget Q4_K_M")
+    if file is not None or chunks is not None or n_ctx != 512:
+        raise UsageError("-f, -c and --chunks set the calibration text of --recipe auto; with -q they do nothing")
     with ui.progress_bar("quantizing") as progress:
         results = run(model, types, output, imatrix=imatrix, output_tensor_type=output_tensor_type,
                       token_embedding_type=token_embedding_type, tensor_type=tensor_type, pure=pure, threads=threads,

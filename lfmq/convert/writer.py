@@ -20,6 +20,11 @@ KEY_LFMQ_REVISION = "lfmq.source.revision"
 KEY_LFMQ_SYNTHETIC = "lfmq.synthetic"
 KEY_LFMQ_LORA = "lfmq.lora"            # a model: the LoRA adapter merged into it; an adapter: the adapter itself
 KEY_LFMQ_LORA_BASE = "lfmq.lora.base"  # an adapter: the base model it was checked against
+# lfmq quantize --recipe auto: the recipe, its budget, its KLD on the calibration text, and its --tensor-type lines
+KEY_LFMQ_RECIPE = "lfmq.recipe"
+KEY_LFMQ_RECIPE_BUDGET = "lfmq.recipe.budget"
+KEY_LFMQ_RECIPE_KLD = "lfmq.recipe.calibration_kld"
+KEY_LFMQ_RECIPE_TYPES = "lfmq.recipe.tensor_types"  # .count, then .0, .1 ... in order
 
 
 @dataclass(frozen=True)

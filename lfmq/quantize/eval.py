@@ -136,13 +136,15 @@ def evaluate(
     chunks: int | None = None,
     threads: int | None = None,
     n_batch: int = 2048,
+    parse_special: bool = False,
     task: str | Path | None = None,
     progress: Progress | None = None,
 ) -> EvalReport:
     """Perplexity, delta PPL, KL divergence (mean, p99) and top-1 agreement of `models` against `reference`; with a
     `task` file (JSONL of tool-call and extraction cases), each model's task scores too. n_batch // n_ctx chunks go
-    into one decode, as llama-perplexity's -b packs them (1 for one chunk at a time). progress counts "chunks", then
-    "task cases"."""
+    into one decode, as llama-perplexity's -b packs them (1 for one chunk at a time). `parse_special` reads
+    `<|...|>` markers in the text as control tokens (llama-perplexity never does; chat transcripts need it).
+    progress counts "chunks", then "task cases"."""
     if n_ctx < 16 or n_ctx % 2:
         raise UsageError(f"--n-ctx {n_ctx}: use an even context of at least 16 tokens")
     text = choose_text(text, file, default_text)
@@ -157,7 +159,7 @@ def evaluate(
         n_seq = max(1, min(n_batch // n_ctx, chunks or n_batch))
         for info in infos:
             evaluators.append(ChunkEvaluator(info.path, n_ctx, threads, n_seq=n_seq))
-        accs = _run(evaluators, text, n_ctx, chunks, progress)
+        accs = _run(evaluators, text, n_ctx, chunks, progress, parse_special)
     finally:
         for ev in evaluators:
             ev.close()
@@ -182,11 +184,11 @@ def evaluate(
 
 
 def _run(evaluators: list[ChunkEvaluator], text: str, n_ctx: int, limit: int | None,
-         progress: Progress | None) -> list[_Accumulator]:
+         progress: Progress | None, parse_special: bool = False) -> list[_Accumulator]:
     ref = evaluators[0]
     if any(ev.n_vocab != ref.n_vocab for ev in evaluators):
         raise InputError("the models do not share the reference's vocabulary: they are not quantizations of it")
-    tokens = ref.tokenize(text, parse_special=False)  # llama-perplexity never parses special tokens
+    tokens = ref.tokenize(text, parse_special=parse_special)  # llama-perplexity never parses special tokens
     pieces = chunks_of(tokens, n_ctx, limit, ref.bos)
     if not pieces:
         raise InputError(f"the text has {len(tokens)} tokens, fewer than one chunk of {n_ctx}: give more text or a smaller --n-ctx")
@@ -223,7 +225,9 @@ def _file(path: str | Path) -> _File:
     from lfmq.meta import read_meta
 
     m = read_meta(path)
-    return _File(Path(path).resolve(), m.file_type, m.file_bytes, m.bits_per_weight, m.synthetic)
+    # a recipe's mix is named for its budget: its file type only names its dominant tensor type
+    label = f"auto-{m.recipe_budget}" if m.recipe_budget else m.file_type
+    return _File(Path(path).resolve(), label, m.file_bytes, m.bits_per_weight, m.synthetic)
 
 
 def _quality(info: _File, acc: _Accumulator, ref_ppl: float, task: TaskScore | None) -> ModelQuality:

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from lfmq.atomic import atomic_path, check_target
+from lfmq.convert.writer import KEY_LFMQ_RECIPE, KEY_LFMQ_RECIPE_BUDGET, KEY_LFMQ_RECIPE_KLD, KEY_LFMQ_RECIPE_TYPES
 from lfmq.errors import InputError, QuantizeError, UsageError
 from lfmq.llama.gguf_index import tensor_index
 from lfmq.llama.quantizer import QuantizeParams, ftypes, ggml_types, run_quantizer
@@ -35,10 +36,6 @@ from lfmq.quantize.types import quant_types
 PROBE = "Q2_K"        # the type that shows how a role's loss divides over its layers
 BASE = "Q8_0"         # every tensor not under test
 MEMORY = 1 << 30      # bytes of reference rows kept for the whole search
-KEY_RECIPE = "lfmq.recipe"
-KEY_BUDGET = "lfmq.recipe.budget"
-KEY_KLD = "lfmq.recipe.calibration_kld"
-KEY_TYPES = "lfmq.recipe.tensor_types"  # .count, then .0, .1 ...: the --tensor-type-file's lines in order
 UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 BUDGET_HELP = "give a quantization type (Q4_K_M), bits per weight (4.5) or a size in bytes (250000000, 250MB, 240MiB)"
@@ -318,9 +315,9 @@ def _write(src: Path, out: Path, types_file: Path, layout: mixes.Layout, best: d
     if mixes.apply_patterns(layout, lines) != best:
         raise QuantizeError("internal error: the tensor-type patterns do not reproduce the chosen mix")
     file_type = mixes.FTYPE_OF.get(mixes.dominant(layout, best), BASE)
-    kv: dict[str, str | int | float] = {KEY_RECIPE: "auto", KEY_BUDGET: wanted.spec, KEY_KLD: float(kld),
-                                        f"{KEY_TYPES}.count": len(lines)}
-    kv.update({f"{KEY_TYPES}.{i}": line for i, line in enumerate(lines)})
+    kv: dict[str, str | int | float] = {KEY_LFMQ_RECIPE: "auto", KEY_LFMQ_RECIPE_BUDGET: wanted.spec, KEY_LFMQ_RECIPE_KLD: float(kld),
+                                        f"{KEY_LFMQ_RECIPE_TYPES}.count": len(lines)}
+    kv.update({f"{KEY_LFMQ_RECIPE_TYPES}.{i}": line for i, line in enumerate(lines)})
     with atomic_path(out, force) as tmp:
         _quantize_mix(src, tmp, lines, file_type, threads, kv)
         size = tmp.stat().st_size
