@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import time
+from collections import deque
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
@@ -29,6 +30,41 @@ DISCONNECT_POLL = 0.25  # seconds between checks that a client waiting for a who
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class Inbox:
+    """Events from the worker thread to one request's coroutine. The event loop is woken once for whatever arrived
+    while it was busy, not once per token: fewer hand-offs of the GIL between the worker and the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop, self._items, self._scheduled = loop, deque(), False
+        self._ready = asyncio.Event()
+
+    def emit(self, event: tuple) -> None:
+        """Called from the worker thread (or the loop); never blocks."""
+        self._items.append(event)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the server is shutting down
+                pass
+
+    def _wake(self) -> None:
+        self._scheduled = False
+        self._ready.set()
+
+    async def take(self) -> list[tuple]:
+        """Every event that has arrived, waiting for at least one."""
+        while not self._items:
+            self._ready.clear()
+            if self._items:
+                break
+            await self._ready.wait()
+        out = []
+        while self._items:
+            out.append(self._items.popleft())
+        return out
 
 
 class _ApiKey:
@@ -71,24 +107,16 @@ class Server:
             raise RequestError("the request body is not JSON") from None
         req = parse_request(body)
         prep = prepare(self.model, req, self.worker.n_ctx_seq, self.memory)
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-
-        def emit(event: tuple) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the server is shutting down
-                pass
-
-        job = Job(prep.text, prep.tokens, resolve_sampling(None, **req.sampling), emit, prep.grammar,
+        inbox = Inbox(asyncio.get_running_loop())
+        job = Job(prep.text, prep.tokens, resolve_sampling(None, **req.sampling), inbox.emit, prep.grammar,
                   prep.ban + (self.model.eog_tokens() if req.ignore_eos else ()), req.max_tokens)
         self.worker.submit(job)
         rid, created = f"chatcmpl-{id(job):x}{int(time.time() * 1000):x}", int(time.time())
         head = {"id": rid, "created": created, "model": self.model_id}
         if req.stream:
-            return StreamingResponse(self._sse(job, queue, req, prep, head), media_type="text/event-stream",
+            return StreamingResponse(self._sse(job, inbox, req, prep, head), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        return await self._whole(request, job, queue, req, prep, head)
+        return await self._whole(request, job, inbox, req, prep, head)
 
     def _handle(self, event: tuple, job: Job, stream: ReplyStream) -> tuple[list[dict[str, Any]], Any]:
         """One event of the worker: (deltas, None) while tokens come, then (deltas, (finish_reason, Usage)); an
@@ -124,29 +152,29 @@ class Server:
             return None
         return check_output(message.get("content") or "", prep.schema, finish, req.max_tokens)[1]
 
-    async def _whole(self, request: Request, job: Job, queue: asyncio.Queue, req: ChatRequest, prep: Prepared,
+    async def _whole(self, request: Request, job: Job, inbox: Inbox, req: ChatRequest, prep: Prepared,
                      head: dict[str, Any]) -> Response:
         stream = ReplyStream(prep.tools, req.stop, prep.in_reasoning)
         deltas: list[dict[str, Any]] = []
-        loop = asyncio.get_running_loop()
-        check = loop.time() + DISCONNECT_POLL
+
+        async def watch() -> None:  # a client that gives up on the answer: nobody to answer, stop generating
+            while not await request.is_disconnected():
+                await asyncio.sleep(DISCONNECT_POLL)
+            inbox.emit(("gone",))
+
+        watcher = asyncio.ensure_future(watch())
+        end = None
         try:
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL)
-                except asyncio.TimeoutError:
-                    event = None
-                if loop.time() >= check:  # tokens may come faster than the poll: look at the clock, not the queue
-                    check = loop.time() + DISCONNECT_POLL
-                    if await request.is_disconnected():
-                        return Response(status_code=499)  # nobody to answer; the finally cancels the job
-                if event is None:
-                    continue
-                part, end = self._handle(event, job, stream)
-                deltas += part
-                if end is not None:
-                    break
+            while end is None:
+                for event in await inbox.take():
+                    if event[0] == "gone":
+                        return Response(status_code=499)
+                    part, end = self._handle(event, job, stream)
+                    deltas += part
+                    if end is not None:
+                        break
         finally:
+            watcher.cancel()
             job.cancel()
         finish, usage = end
         message = join(deltas)
@@ -156,7 +184,7 @@ class Server:
             choice["schema_error"] = problem  # decoding was constrained, and the output still breaks the schema
         return JSONResponse({**head, "object": "chat.completion", "choices": [choice], "usage": self._usage(usage)})
 
-    async def _sse(self, job: Job, queue: asyncio.Queue, req: ChatRequest, prep: Prepared,
+    async def _sse(self, job: Job, inbox: Inbox, req: ChatRequest, prep: Prepared,
                    head: dict[str, Any]) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> str:
             choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
@@ -166,12 +194,16 @@ class Server:
         stream = ReplyStream(prep.tools, req.stop, prep.in_reasoning)
         try:
             yield chunk({"role": "assistant", "content": ""})
-            while True:
-                deltas, end = self._handle(await queue.get(), job, stream)
-                for delta in deltas:
-                    yield chunk(delta)
-                if end is not None:
-                    break
+            end = None
+            while end is None:
+                out = []
+                for event in await inbox.take():
+                    deltas, end = self._handle(event, job, stream)
+                    out += [chunk(delta) for delta in deltas]
+                    if end is not None:
+                        break
+                if out:
+                    yield "".join(out)  # what came in one wake-up goes out in one write
             finish, usage = end
             yield chunk({}, finish)
             if req.include_usage:
