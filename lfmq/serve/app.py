@@ -25,6 +25,7 @@ from lfmq.serve.request import ChatRequest, parse_request
 from lfmq.serve.worker import Job, Usage, Worker
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a client waiting for a whole answer is still there
+WHOLE_BATCH = 64        # tokens handed over at once to a request that waits for its whole answer
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -36,13 +37,16 @@ class Inbox:
     """Events from the worker thread to one request's coroutine. The event loop is woken once for whatever arrived
     while it was busy, not once per token: fewer hand-offs of the GIL between the worker and the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, every: int = 1) -> None:
         self._loop, self._items, self._scheduled = loop, deque(), False
+        self._every = every  # wake the loop for every `every` tokens (the end and errors wake it at once)
         self._ready = asyncio.Event()
 
     def emit(self, event: tuple) -> None:
         """Called from the worker thread (or the loop); never blocks."""
         self._items.append(event)
+        if event[0] == "token" and len(self._items) < self._every:
+            return
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -107,7 +111,8 @@ class Server:
             raise RequestError("the request body is not JSON") from None
         req = parse_request(body)
         prep = prepare(self.model, req, self.worker.n_ctx_seq, self.memory)
-        inbox = Inbox(asyncio.get_running_loop())
+        # a whole answer without stop strings needs its tokens only at the end: no wake-up per token
+        inbox = Inbox(asyncio.get_running_loop(), 1 if req.stream or req.stop else WHOLE_BATCH)
         job = Job(prep.text, prep.tokens, resolve_sampling(None, **req.sampling), inbox.emit, prep.grammar,
                   prep.ban + (self.model.eog_tokens() if req.ignore_eos else ()), req.max_tokens)
         self.worker.submit(job)
