@@ -230,6 +230,38 @@ def show_stats(stats: Any) -> None:
               f"in {stats.generate_seconds:.2f} s, {stats.generate_tps:.1f} tok/s ({stats.finish_reason})")
 
 
+class ReplyPrinter:
+    """Streams an answer to the terminal as lfmq's streaming parser splits it: prose raw on stdout as it comes,
+    `<think>` reasoning dimmed (or not at all with show_reasoning=False), tool-call blocks never (show_reply_end
+    lists the parsed calls, or warns of a malformed block). Call it with each piece of text, then finish()."""
+
+    def __init__(self, tools: Any = None, show_reasoning: bool = True) -> None:
+        from lfmq.runtime.toolstream import ReplyParser
+
+        self.parser = ReplyParser(tools)
+        self.show_reasoning = show_reasoning
+        self._in_reasoning = False
+
+    def __call__(self, text: str) -> None:
+        self._show(self.parser.feed(text))
+
+    def finish(self) -> None:
+        self._show(self.parser.finish())
+
+    def _show(self, events: list[Any]) -> None:
+        from lfmq.runtime.toolstream import ContentEvent, ReasoningEvent
+
+        for ev in events:
+            if isinstance(ev, ReasoningEvent) and self.show_reasoning:
+                out.print(f"[dim]{escape(ev.text)}[/]", end="")
+                self._in_reasoning = True
+            elif isinstance(ev, ContentEvent):
+                if self._in_reasoning:   # the thinking is over: the answer starts on a line of its own
+                    stream_text("\n")
+                    self._in_reasoning = False
+                stream_text(ev.text)
+
+
 def show_reply_end(reply: Any) -> None:
     """After a streamed answer: end the line, then (on stderr) how it ended if not naturally, and its tool calls."""
     sys.stdout.write("\n")

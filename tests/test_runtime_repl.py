@@ -167,3 +167,23 @@ def test_usage_hint(tiny_f32, line, hint):
     child.expect_exact(hint)
     child.sendline("/quit")
     child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("show_reasoning", [True, False])
+def test_reply_printer_shows_prose_hides_markers_and_places_reasoning(capsys, show_reasoning):
+    """What the terminal gets while an answer streams in arbitrary pieces: the thinking (or nothing with
+    --hide-reasoning), then the prose on a line of its own, and never a tool-call block or a marker."""
+    from lfmq import ui
+
+    reply = ('<think>The user wants Paris weather.</think>Checking. <|tool_call_start|>[get_weather(location="Paris")]'
+             '<|tool_call_end|> Done.')
+    printer = ui.ReplyPrinter([{"type": "function", "function": {"name": "get_weather"}}], show_reasoning)
+    for i in range(0, len(reply), 3):
+        printer(reply[i:i + 3])
+    printer.finish()
+    out = capsys.readouterr().out
+    assert "<|" not in out and "get_weather" not in out and "<think>" not in out
+    if show_reasoning:
+        assert out.startswith("The user wants Paris weather.\nChecking.") and out.rstrip().endswith("Done.")
+    else:
+        assert out.startswith("Checking.") and "Paris weather" not in out

@@ -45,3 +45,5 @@ Lora = Annotated[Optional[list[Path]], typer.Option("--lora", help="GGUF LoRA ad
 DeviceUri = Annotated[Optional[str], typer.Option("--device", help="Where to run: local (default), "
                                                                    "ssh://host, ssh://user@host:port, adb, adb:SERIAL or "
                                                                    "qemu:PROFILE (emulated: not a device speed).")]
+HideReasoning = Annotated[bool, typer.Option("--hide-reasoning", help="Do not show a thinking model's <think> text "
+                                                                    "(shown dimmed by default).")]

@@ -43,11 +43,17 @@ def answer(session: Chat, content: str, role: str = "user") -> None:
     show(lambda stop: session.stream(content, role=role, interrupt=stop), session)
 
 
+SHOW_REASONING = True   # lfmq chat --hide-reasoning sets it off
+
+
 def show(start: Callable[[StopFlag], Iterator[Any]], session: Chat) -> None:
-    """Stream an answer started by `start(stop_flag)` to the terminal."""
+    """Stream an answer started by `start(stop_flag)` to the terminal: prose as it comes, reasoning dimmed, no
+    tool-call markers (the calls are listed when the answer ends)."""
+    printer = ui.ReplyPrinter(session.tools, SHOW_REASONING)
     with StopFlag() as stop:
         for chunk in start(stop):
-            ui.stream_text(chunk.text)
+            printer(chunk.text)
+    printer.finish()
     assert session.last is not None
     ui.show_reply_end(session.last)
 
@@ -130,8 +136,10 @@ def command(session: Chat, line: str) -> bool:
     return handler(session, arg.strip())
 
 
-def run(session: Chat, read: Callable[[str], str] = input) -> None:
+def run(session: Chat, read: Callable[[str], str] = input, show_reasoning: bool = True) -> None:
     """The loop. When stdin is not a terminal, each line read is echoed so that a transcript reads well."""
+    global SHOW_REASONING
+    SHOW_REASONING = show_reasoning
     echo = not sys.stdin.isatty()
     if not echo:
         import readline  # noqa: F401  (line editing and history for input())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from lfmq.cli.app import Interrupted, app
-from lfmq.cli.options import (DeviceUri, Force, GGUFPath, IgnoreEos, Json, Lora, MaxTokens, NCtx, Profile, RepeatPenalty, Seed,
+from lfmq.cli.options import (DeviceUri, Force, GGUFPath, HideReasoning, IgnoreEos, Json, Lora, MaxTokens, NCtx, Profile, RepeatPenalty, Seed,
                               System, Temperature, ToolChoice, Tools, TopK, TopP, Threads)
 
 if TYPE_CHECKING:
@@ -49,43 +49,52 @@ def generate(
     threads: Threads = None,
     lora: Lora = None,
     device: DeviceUri = None,
+    hide_reasoning: HideReasoning = False,
     json: Json = False,
 ) -> None:
     """Answer one prompt (for scripts): streams the text, or prints text, tool calls and stats as JSON."""
     from lfmq import ui
     from lfmq.errors import UsageError
-    from lfmq.runtime.chat import collect, stream_chat
-    from lfmq.runtime.generate import stream_generate
     from lfmq.runtime.tools import load_tools
 
     if raw and (tools or system):
         raise UsageError("--raw sends the prompt without the chat template: drop --tools and --system, or --raw")
     text = sys.stdin.read() if prompt == "-" else prompt
     tool_defs = load_tools(tools) if tools else None
+    printer = None if json else ui.ReplyPrinter(tool_defs, not hide_reasoning)   # prose as it comes, no markers
     if device and device.strip() != "local":
         reply = _generate_on_device(device, model, text, system, raw, tool_defs, tool_choice, max_tokens, ignore_eos,
-                                    profile, n_ctx, threads, lora, json,
+                                    profile, n_ctx, threads, lora, printer,
                                     sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p,
                                                   repeat_penalty=repeat_penalty, seed=seed))
-        ui.print_json(reply) if json else ui.show_reply_end(reply)
-        return
+    else:
+        reply = _generate_here(model, text, system, raw, tool_defs, tool_choice, profile, n_ctx, threads, lora,
+                               printer, dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature,
+                                             top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed))
+    if printer:
+        printer.finish()
+    ui.print_json(reply) if json else ui.show_reply_end(reply)
+
+
+def _generate_here(model: Path, text: str, system: str | None, raw: bool, tools: Any, tool_choice: str,
+                   profile: str | None, n_ctx: int | None, threads: int | None, lora: list[Path] | None,
+                   on_text: Any, knobs: dict[str, Any]) -> Any:
+    from lfmq.runtime.chat import collect, stream_chat
+    from lfmq.runtime.generate import stream_generate
+
     m = open_model(model, profile, n_ctx, threads, lora)
-    knobs = dict(max_tokens=max_tokens, ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
-                 repeat_penalty=repeat_penalty, seed=seed)
     if raw:
         stream = stream_generate(m, text, **knobs)
     else:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        stream = stream_chat(m, messages, tools=tool_defs, tool_choice=tool_choice, **knobs)
-    reply = collect(m, stream, None if json else ui.stream_text)
-    ui.print_json(reply) if json else ui.show_reply_end(reply)
+        stream = stream_chat(m, messages, tools=tools, tool_choice=tool_choice, **knobs)
+    return collect(m, stream, on_text, tools)
 
 
 def _generate_on_device(device: str, model: Path, text: str, system: str | None, raw: bool, tools: Any,
                         tool_choice: str, max_tokens: int, ignore_eos: bool, profile: str | None, n_ctx: int | None,
-                        threads: int | None, lora: list[Path] | None, json: bool, sampling: dict[str, Any]) -> Any:
+                        threads: int | None, lora: list[Path] | None, on_text: Any, sampling: dict[str, Any]) -> Any:
     """generate --device: lfmq-run decodes greedily there; what it cannot do is a usage error, not a silent change."""
-    from lfmq import ui
     from lfmq.devices.session import generate_on_device
     from lfmq.errors import UsageError
 
@@ -104,7 +113,7 @@ def _generate_on_device(device: str, model: Path, text: str, system: str | None,
         [{"role": "user", "content": text}]
     return generate_on_device(device, model, text, messages=messages, tools=tools, max_tokens=max_tokens,
                               ignore_eos=ignore_eos, profile=profile, n_ctx=n_ctx, threads=threads,
-                              on_text=None if json else ui.stream_text)
+                              on_text=on_text)
 
 
 @app.command()
@@ -127,6 +136,7 @@ def chat(
     overflow_share: Annotated[float, typer.Option("--overflow-share", help="Share of the context freed at once when "
                                                   "the conversation no longer fits (0: the oldest turn at a "
                                                   "time).")] = 0.5,
+    hide_reasoning: HideReasoning = False,
 ) -> None:
     """Chat in the terminal with streamed answers; /reset, /system TEXT, /tool RESULT, /regen, /edit TEXT, /stats."""
     from lfmq.cli import repl
@@ -140,7 +150,7 @@ def chat(
     session = Chat(m, system=system, tools=tool_defs, tool_choice=tool_choice, max_tokens=max_tokens,
                    ignore_eos=ignore_eos, temperature=temperature, top_k=top_k, top_p=top_p,
                    repeat_penalty=repeat_penalty, seed=seed, overflow_share=overflow_share)
-    repl.run(session)
+    repl.run(session, show_reasoning=not hide_reasoning)
 
 
 @app.command()

@@ -121,12 +121,12 @@ def generate_on_device(uri: str, model: str | Path, prompt: str, *, messages: Se
                        threads: int | None = None, on_text: Callable[[str], None] | None = None,
                        progress: Progress | None = None) -> Any:
     """One answer decoded greedily by lfmq-run on the device: the prompt (messages through the model's template, or
-    `prompt` as is when messages is None) is rendered and tokenized here, the tokens stream back, prose goes to
-    on_text as it comes (tool-call markers never do) and the reply is parsed here. Returns a runtime Reply."""
+    `prompt` as is when messages is None) is rendered and tokenized here, the tokens stream back and their text goes
+    to on_text as it comes (as the local runtime's stream: markers included, for a ReplyPrinter), and the reply is
+    parsed here. Returns a runtime Reply."""
     from lfmq.runtime.chat import Reply
     from lfmq.runtime.generate import Stats
     from lfmq.runtime.model import load
-    from lfmq.runtime.toolstream import ContentEvent, ReplyParser
 
     import codecs
 
@@ -138,26 +138,22 @@ def generate_on_device(uri: str, model: str | Path, prompt: str, *, messages: Se
         ctx = n_ctx or min(4096, len(tokens) + max_tokens + 1)
         if len(tokens) >= ctx:
             raise UsageError(f"the prompt is {len(tokens)} tokens, the context {ctx}: raise -c/--n-ctx or shorten it")
-        parser = ReplyParser(tools)
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         ids: list[int] = []
-
-        def show(events: list[Any]) -> None:
-            for ev in events:
-                if isinstance(ev, ContentEvent) and on_text:
-                    on_text(ev.text)
 
         def take(event: dict[str, Any]) -> None:   # the text of each id as this side renders it (markers too)
             if event.get("event") == "token":
                 ids.append(int(event["id"]))
-                show(parser.feed(utf8.decode(m.piece(ids[-1]))))
+                if on_text:
+                    on_text(utf8.decode(m.piece(ids[-1])))
 
         with DeviceSession.open(uri, [model], profile=profile, n_ctx=ctx, progress=progress) as s:
             n = max(1, min(max_tokens, ctx - len(tokens)))
             argv = [s.runner, "generate", "-m", s.models[Path(model)], "--tokens", ",".join(map(str, tokens)),
                     "-n", str(n), *runner_flags({"threads": threads or s.info.cores or 1, "n_ctx": ctx})]
             events = s.run_json(argv + (["--ignore-eos"] if ignore_eos else []), take)
-        show(parser.feed(utf8.decode(b"", final=True)) + parser.finish())
+        if on_text:
+            on_text(utf8.decode(b"", final=True))
         reply_text = m.detokenize(ids)
     done = next((e for e in reversed(events) if e.get("event") == "done"), {})
     generated = len(ids)
