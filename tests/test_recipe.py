@@ -132,11 +132,14 @@ def fixture_f16(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe(fixture_f16) -> dict:
+    """The search in process (the CLI's own path is tested above and below; a child's timeout would not suit a
+    search that takes minutes on a loaded machine), as the JSON `--json` prints."""
+    from lfmq import ui
+    from lfmq.quantize.recipe import recipe_quantize
+
     out = fixture_f16.parent / "fixture-auto.gguf"
-    res = run_cli("quantize", str(fixture_f16), "--recipe", "auto", "--budget", "Q4_K_M", "-o", str(out),
-                  "-c", "256", "--chunks", "4", "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)["recipe"]
+    result = recipe_quantize(fixture_f16, out, "Q4_K_M", n_ctx=256, chunks=4)
+    return json.loads(json.dumps(ui.to_jsonable(result)))
 
 
 def test_recipe_fits_q4_k_m_and_beats_its_kld_on_held_out_text(fixture_f16, recipe):
