@@ -207,3 +207,16 @@ def test_ctrl_c_during_a_device_run_stops_it_there_and_exits_130(trained: dict[s
     assert err.strip().splitlines()[-1] == "error: interrupted: stopped lfmq-run on qemu:rpi5", err
     assert "Traceback" not in err
     assert wait_gone(str(model)) == []
+
+
+def test_device_overhead_from_a_report_s_own_tg_tests() -> None:
+    """Two model sizes give the overhead and the bandwidth term back; one size keeps the published fit's overhead,
+    unless a token took no longer than it (a tiny model on a fast machine): then the whole time is bandwidth."""
+    from lfmq.devices.calibration import builtin_fit, device_overhead
+
+    shared = builtin_fit().overhead_s
+    exact = [(b, 0.0008 + b / 50e9) for b in (200_000_000, 700_000_000)]
+    assert device_overhead(exact) == pytest.approx(0.0008, rel=1e-9)
+    assert device_overhead([(200_000_000, 0.02)]) == shared
+    assert device_overhead([(3_000_000, 0.0003)]) == 0.0
+    assert device_overhead([]) == 0.0

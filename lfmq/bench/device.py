@@ -19,7 +19,7 @@ def chat_tokens(model: Path) -> list[int]:
     """The time-to-first-token prompt as lfmq renders it (the model's Jinja template), tokenized here."""
     from lfmq.runtime.model import load
 
-    with load(model, n_ctx=512, threads=1) as m:
+    with load(model, n_ctx=512, threads=1, use_mmap=True) as m:   # the tokenizer is all it needs
         return list(m.tokenize(m.render(CHAT, add_generation_prompt=True), special=True))
 
 
@@ -28,10 +28,11 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
                     knobs: dict[str, Any] | None = None, progress: Progress | None = None) -> BenchReport:
     """lfmq.bench.run.bench's cases, run on `device` (a URI: ssh://..., adb[:SERIAL], qemu:PROFILE)."""
     from lfmq import __version__
-    from lfmq.bench.run import _load_knobs, _machine, _test, check_args, sha256
+    from lfmq.bench.run import _load_knobs, _machine, _test, check_args
     from lfmq.devices.predict import predict, shape_of
     from lfmq.devices.profiles import HOST, get_profile
     from lfmq.devices.session import DeviceSession, runner_flags
+    from lfmq.devices.transport import sha256_file
     from lfmq.errors import DeviceError, UsageError
     from lfmq.meta import read_meta
 
@@ -56,7 +57,7 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
         counts = threads or [base.get("threads") or s.info.cores or 1]
         cases = [(p, t, np_, ng) for p in paths for t in counts for np_, ng in ((n_prompt, 0), (0, n_gen))
                  if np_ or ng]
-        digests = {p: sha256(p) for p in paths}
+        digests = {p: sha256_file(p) for p in paths}   # hashed once already, for the push
         tests, system_info = [], "?"
         for i, (path, t, np_, ng) in enumerate(cases):
             if progress:

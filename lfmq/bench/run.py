@@ -4,7 +4,6 @@ BenchReport (lfmq.bench.result) that carries the profile as it was used and the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,17 +18,10 @@ from typing import Any
 from lfmq.bench.case import CaseResult
 from lfmq.bench.result import BenchReport, BuildInfo, Device, Machine, Test
 from lfmq.devices.profiles import Profile
+from lfmq.devices.transport import sha256_file
 from lfmq.errors import BenchError, UsageError
 from lfmq.llama.settings import default_threads
 from lfmq.progress import Progress
-
-
-def sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build_info() -> BuildInfo:
@@ -93,7 +85,7 @@ def bench(
     base["n_ctx"] = max(int(base.get("n_ctx", 4096)), n_prompt + n_gen + depth + 1)  # the test must fit
     cases = [(p, t, np_, ng) for p in paths for t in (threads or [base.get("threads") or default_threads()])
              for np_, ng in ((n_prompt, 0), (0, n_gen)) if np_ or ng]
-    digests = {p: sha256(p) for p in paths}
+    digests = {p: sha256_file(p) for p in paths}
     tests = []
     for i, (path, t, np_, ng) in enumerate(cases):
         if progress:

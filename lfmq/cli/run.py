@@ -107,8 +107,6 @@ def _generate_on_device(device: str, model: Path, text: str, system: str | None,
     if unsupported:
         raise UsageError(f"on a device, generate decodes greedily with the tools offered in the prompt: drop "
                          f"{', '.join(unsupported)} (or run it here without --device)")
-    if profile is not None and Path(profile).suffix in (".json", ".toml"):
-        raise UsageError("--profile with --device names a device profile (lfmq devices), not a file of knobs")
     messages = None if raw else ([{"role": "system", "content": system}] if system else []) + \
         [{"role": "user", "content": text}]
     return generate_on_device(device, model, text, messages=messages, tools=tools, max_tokens=max_tokens,

@@ -210,20 +210,22 @@ def calibrate_report(report: object, name: str | None = None) -> Profile:
         raise InputError(f"the report's profile {prof.name} has no memory bandwidth: bench with --profile host "
                          "(measured) or a device profile")
     metas = {str(m.path): m for m in rep.models}               # type: ignore[attr-defined]
-    overhead_s = builtin_fit().overhead_s
-    decode, prefill, used = [], [], []
+    tg: list[tuple[int, float]] = []        # (bytes read per token, seconds per token) of each tg test
+    prefill, used = [], []
     for t in rep.tests:                                        # type: ignore[attr-defined]
         meta = metas.get(str(t.model_filename)) or next(
             (m for m in metas.values() if Path(m.path).name == Path(t.model_filename).name), None)
         if meta is None or not meta.bytes_per_token or t.avg_ts <= 0 or t.n_depth:
             continue
-        if t.n_gen and not t.n_prompt and 1.0 / t.avg_ts > overhead_s:
-            decode.append(meta.bytes_per_token / (prof.bandwidth_gbs * 1e9 * (1.0 / t.avg_ts - overhead_s)))
+        if t.n_gen and not t.n_prompt:
+            tg.append((meta.bytes_per_token, 1.0 / t.avg_ts))
         elif t.n_prompt and not t.n_gen:
             prefill.append(t.avg_ts * 2 * (meta.n_params_active or meta.n_params) / (peak_gflops(prof) * 1e9))
         else:
             continue
         used.append(f"{Path(meta.path).name} {'tg' if t.n_gen else 'pp'}{t.n_gen or t.n_prompt} {t.avg_ts:.1f} tok/s")
+    overhead_s = device_overhead(tg)
+    decode = [b / (prof.bandwidth_gbs * 1e9 * (sec - overhead_s)) for b, sec in tg if sec > overhead_s]
     if not decode and not prefill:
         raise InputError("the report has no pp or tg test without --depth for a model it describes: bench with "
                          "-p and -n and calibrate on that")
@@ -231,6 +233,21 @@ def calibrate_report(report: object, name: str | None = None) -> Profile:
     calibration = {"decode_efficiency": _mean(decode), "prefill_efficiency": _mean(prefill),
                    "overhead_ms": overhead_s * 1e3, "basis": f"measured by lfmq bench on {where}: " + "; ".join(used)}
     return replace(prof, name=name or prof.name, calibration={k: v for k, v in calibration.items() if v is not None})
+
+
+def device_overhead(tg: list[tuple[int, float]]) -> float:
+    """The per-token overhead for a device's own tg tests, as (bytes per token, seconds per token): fitted with
+    the bandwidth term when models of two sizes were measured; else the overhead fitted on the published figures,
+    unless a measured token took no longer than that (a tiny model), which leaves no room for it: then none."""
+    shared = builtin_fit().overhead_s
+    sizes = {b for b, _ in tg}
+    if len(sizes) >= 2:   # least squares of seconds = overhead + k x bytes
+        mb, ms = _mean([b for b, _ in tg]), _mean([sec for _, sec in tg])
+        k = sum((b - mb) * (sec - ms) for b, sec in tg) / sum((b - mb) ** 2 for b, _ in tg)
+        fitted = ms - k * mb
+        if k > 0 and 0 <= fitted < min(sec for _, sec in tg):
+            return fitted
+    return shared if tg and all(sec > shared for _, sec in tg) else 0.0
 
 
 def profile_data(p: Profile) -> dict:

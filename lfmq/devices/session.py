@@ -130,7 +130,7 @@ def generate_on_device(uri: str, model: str | Path, prompt: str, *, messages: Se
 
     import codecs
 
-    with load(model, n_ctx=256, threads=1) as m:   # the tokenizer and template, here; the weights stay mapped
+    with load(model, n_ctx=256, threads=1, use_mmap=True) as m:   # the tokenizer and template, here
         text = m.render(messages, tools=tools) if messages is not None else prompt
         tokens = list(m.tokenize(text, special=True, add_bos=messages is None and m.bos_id >= 0))
         if not tokens:
