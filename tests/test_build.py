@@ -144,6 +144,22 @@ def test_out_dir_must_be_empty_without_force(tmp_path: Path) -> None:
     assert B._check_out(tmp_path / "new", force=False) == tmp_path / "new"
 
 
+def test_runner_sources_hold_every_local_include_and_ship_in_the_wheel() -> None:
+    """The runner is lfmq_run.cpp and its headers: each `#include "..."` of one is another (so that the build copies
+    it and the cache key hashes it), and pyproject's package data ships every kind of file among them."""
+    import re
+    import tomllib
+
+    sources = B.runner_sources()
+    included = {name for data in sources.values() for name in re.findall(rb'#include "([^"]+)"', data)}
+    own = {name for name in included if not name.startswith((b"llama", b"ggml"))}  # not llama.cpp's headers
+    assert own and own <= {n.encode() for n in sources}
+    assert {"lfmq_run.cpp", "CMakeLists.txt", "session.h"} <= set(sources)
+    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = data["tool"]["setuptools"]["package-data"]["lfmq"]
+    assert {Path(n).suffix for n in sources} <= {g.rsplit("*", 1)[-1] for g in globs}
+
+
 def test_changelog_names_the_vendored_commit() -> None:
     from lfmq.devices.llama_src import changelog_commit
 

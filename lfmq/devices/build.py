@@ -120,8 +120,8 @@ def _host_cpu_id() -> str:
 
 
 def _work_dir(builds: Path, profile: str, key_parts: dict[str, Any]) -> Path:
-    """The CMake tree, kept between builds and keyed without the runner: editing lfmq_run.cpp recompiles one file,
-    not llama.cpp."""
+    """The CMake tree, kept between builds and keyed without the runner: editing the runner (lfmq_run.cpp and its
+    headers) recompiles one file, not llama.cpp."""
     objects = {k: v for k, v in key_parts.items() if k not in ("runner_sha256", "llama_bench")}
     return builds / f"{profile}-{hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()[:12]}.work"
 
