@@ -79,15 +79,14 @@ def generate(
 def _generate_here(model: Path, text: str, system: str | None, raw: bool, tools: Any, tool_choice: str,
                    profile: str | None, n_ctx: int | None, threads: int | None, lora: list[Path] | None,
                    on_text: Any, knobs: dict[str, Any]) -> Any:
-    from lfmq.runtime.chat import collect, stream_chat
+    from lfmq.runtime.chat import collect, one_turn, stream_chat
     from lfmq.runtime.generate import stream_generate
 
     m = open_model(model, profile, n_ctx, threads, lora)
     if raw:
         stream = stream_generate(m, text, **knobs)
     else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        stream = stream_chat(m, messages, tools=tools, tool_choice=tool_choice, **knobs)
+        stream = stream_chat(m, one_turn(text, system), tools=tools, tool_choice=tool_choice, **knobs)
     return collect(m, stream, on_text, tools)
 
 
@@ -97,6 +96,7 @@ def _generate_on_device(device: str, model: Path, text: str, system: str | None,
     """generate --device: lfmq-run decodes greedily there; what it cannot do is a usage error, not a silent change."""
     from lfmq.devices.session import generate_on_device
     from lfmq.errors import UsageError
+    from lfmq.runtime.chat import one_turn
 
     unsupported = [f"--{k.replace('_', '-')}" for k, v in sampling.items() if v is not None and
                    not (k == "temperature" and v == 0)]
@@ -107,11 +107,9 @@ def _generate_on_device(device: str, model: Path, text: str, system: str | None,
     if unsupported:
         raise UsageError(f"on a device, generate decodes greedily with the tools offered in the prompt: drop "
                          f"{', '.join(unsupported)} (or run it here without --device)")
-    messages = None if raw else ([{"role": "system", "content": system}] if system else []) + \
-        [{"role": "user", "content": text}]
-    return generate_on_device(device, model, text, messages=messages, tools=tools, max_tokens=max_tokens,
-                              ignore_eos=ignore_eos, profile=profile, n_ctx=n_ctx, threads=threads,
-                              on_text=on_text)
+    return generate_on_device(device, model, text, messages=None if raw else one_turn(text, system), tools=tools,
+                              max_tokens=max_tokens, ignore_eos=ignore_eos, profile=profile, n_ctx=n_ctx,
+                              threads=threads, on_text=on_text)
 
 
 @app.command()

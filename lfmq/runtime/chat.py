@@ -91,6 +91,11 @@ def _constraints(model: Model, tools: Sequence[Message] | None, tool_choice: str
     return {}
 
 
+def one_turn(text: str, system: str | None = None) -> list[Message]:
+    """The messages of a one-shot prompt (`lfmq generate`, here or on a device): the system text if any, the user's."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+
+
 def stream_chat(model: Model, messages: Sequence[Message], *, tools: Sequence[Message] | None = None,
                 tool_choice: str = "auto", max_tokens: int | None = None, **kwargs: Any) -> Iterator[Chunk]:
     """Render messages (and tools) through the model's template and stream the assistant's answer."""
