@@ -4,8 +4,7 @@
 
 #include "args.h"
 
-#include "ggml-backend.h"
-#include "ggml-cpu.h"
+#include "ggml-cpu.h"  // ggml_threadpool_new / ggml_threadpool_free
 
 #include <algorithm>
 #include <chrono>
