@@ -33,9 +33,10 @@ from common import (REPO, default_threads, emit_json, ensure_f16, ensure_quantiz
 
 TYPES = ("Q4_0", "Q8_0")
 # llama-bench: -b 2048 -ub 512 -lm mmap -fa off, f16 KV cache (every knob pinned: the host profile's are not these).
-# Its context is as large as each test (512 for pp512, 128 for tg128); lfmq bench gives both tests one context that
-# holds both (n_ctx 1 here: lfmq bench raises it to 641), not the profile's 4096, whose larger KV cache alone costs
-# tg about 3% here (0.934x against 0.968x of llama-bench at -t 1, 8 paired rounds of a direct decode loop).
+# Its context is as large as each test (512 for pp512, 128 for tg128, padded by llama.cpp to 512 and 256 cells).
+# n_ctx 1 here makes lfmq bench size each case the same way (at least the 192-token TTFT prompt: 256 cells for tg128),
+# not at the profile's 4096, whose larger KV cache alone costs tg about 3% (0.934x against 0.968x of llama-bench at
+# -t 1, 8 paired rounds of a direct decode loop; one context of 641 for both tests still cost about 1%).
 SAME = {"n_ctx": 1, "n_batch": 2048, "n_ubatch": 512, "use_mmap": True, "flash_attn": False, "type_k": "f16",
         "type_v": "f16"}
 BINDING_DEFAULTS = {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "use_mmap": True, "flash_attn": None,

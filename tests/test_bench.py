@@ -133,3 +133,28 @@ def test_use_mmap_reaches_llama_cpp(small_f16):
 
     size_mb = small_f16.stat().st_size / 2**20
     assert rss_file(True) - rss_file(False) > 0.8 * size_mb
+
+
+def test_a_small_pinned_context_sizes_each_case_as_llama_bench_does(small_f16, tmp_path, monkeypatch):
+    """llama-bench gives each test a context of its own tokens; with the profile's n_ctx pinned below that, so does
+    lfmq bench, each case at least as large as the time-to-first-token prompt that runs in it."""
+    import lfmq.bench.run as run
+    from lfmq.bench.case import chat_tokens
+
+    seen, real = [], run._run_case
+
+    def spy(model, n_prompt, n_gen, depth, reps, knobs):
+        result = real(model, n_prompt, n_gen, depth, reps, knobs)
+        seen.append((n_prompt, n_gen, knobs["n_ctx"], result.settings.n_ctx))
+        return result
+
+    monkeypatch.setattr(run, "_run_case", spy)
+    knobs = tmp_path / "knobs.json"
+    knobs.write_text(json.dumps({"n_ctx": 1}))
+    n_chat = len(chat_tokens(small_f16))
+    bench([small_f16], profile=str(knobs), n_prompt=n_chat + 40, n_gen=4, reps=1, threads=[1])
+    assert seen == [(n_chat + 40, 0, n_chat + 40, n_chat + 40), (0, 4, n_chat, n_chat)]
+    seen.clear()
+    knobs.write_text(json.dumps({"n_ctx": 1024}))   # a profile's larger context is kept: that is how the model runs
+    bench([small_f16], profile=str(knobs), n_prompt=8, n_gen=4, reps=1, threads=[1])
+    assert [s[2:] for s in seen] == [(1024, 1024), (1024, 1024)]

@@ -26,6 +26,21 @@ CHAT = [  # a chat-sized request: system prompt, tool-style instruction, a short
 ]
 
 
+def chat_tokens(model: Path | str) -> list[int]:
+    """The time-to-first-token prompt as lfmq renders it (the model's Jinja template), tokenized here."""
+    from lfmq.runtime.model import load
+
+    with load(model, n_ctx=512, threads=1, use_mmap=True) as m:   # the tokenizer is all it needs
+        return list(m.tokenize(m.render(CHAT, add_generation_prompt=True), special=True))
+
+
+def case_ctx(n_ctx: int, n_prompt: int, n_gen: int, depth: int, n_chat: int) -> int:
+    """The context of one case: `n_ctx` (the profile's), raised to what the case needs. llama-bench sizes each test's
+    context to its own tokens (pp512 in 512, tg128 in 128), so a run pinned to a small n_ctx gets the same KV cache
+    layout; the time-to-first-token prompt of n_chat tokens runs in the same context, so it must fit too."""
+    return max(n_ctx, n_prompt + n_gen + depth, n_chat)
+
+
 @dataclass(frozen=True)
 class CaseResult:
     """What one case measured, as a case process prints it (a native runner on a device prints the same keys)."""

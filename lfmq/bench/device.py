@@ -9,18 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lfmq.bench.case import CHAT, CaseResult
+from lfmq.bench.case import CaseResult, case_ctx, chat_tokens
 from lfmq.bench.result import BenchReport, BuildInfo, Device
 from lfmq.devices.profiles import Profile
 from lfmq.progress import Progress
-
-
-def chat_tokens(model: Path) -> list[int]:
-    """The time-to-first-token prompt as lfmq renders it (the model's Jinja template), tokenized here."""
-    from lfmq.runtime.model import load
-
-    with load(model, n_ctx=512, threads=1, use_mmap=True) as m:   # the tokenizer is all it needs
-        return list(m.tokenize(m.render(CHAT, add_generation_prompt=True), special=True))
 
 
 def bench_on_device(models: list[str | Path], *, device: str, profile: str | None = None, n_prompt: int = 512,
@@ -43,8 +35,9 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
     if knobs and knobs.get("lora"):
         raise UsageError("--lora is not supported with --device: merge the adapter (lfmq convert --lora) and bench "
                          "the merged file")
-    n_ctx = n_prompt + n_gen + depth + 1
     ttft = {p: chat_tokens(p) for p in paths}   # before connecting: a model lfmq cannot load fails here
+    n_chat = max(len(t) for t in ttft.values())
+    n_ctx = case_ctx(1, n_prompt, n_gen, depth, n_chat)   # the largest case (pp, tg), for the fit check
     with DeviceSession.open(device, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
         if s.profile == HOST:
             from lfmq.bench.run import profile_used
@@ -53,7 +46,7 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
         else:
             prof = get_profile(s.profile)
         base = _load_knobs(prof.runtime)
-        base["n_ctx"] = max(int(base.get("n_ctx", 4096)), n_ctx)
+        base_ctx = int(base.get("n_ctx", 4096))
         counts = threads or [base.get("threads") or s.info.cores or 1]
         cases = [(p, t, np_, ng) for p in paths for t in counts for np_, ng in ((n_prompt, 0), (0, n_gen))
                  if np_ or ng]
@@ -63,7 +56,8 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
             if progress:
                 progress("cases", i, len(cases))
             argv = [s.runner, "bench", "-m", s.models[path], "-p", str(np_), "-n", str(ng), "-d", str(depth),
-                    "-r", str(reps), *runner_flags({**base, "threads": t}),
+                    "-r", str(reps),
+                    *runner_flags({**base, "threads": t, "n_ctx": case_ctx(base_ctx, np_, ng, depth, len(ttft[path]))}),
                     "--ttft-tokens", ",".join(map(str, ttft[path]))]
             raw = next((e for e in reversed(s.run_json(argv)) if "samples_ns" in e), None)
             if raw is None:
@@ -81,6 +75,6 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
                           llama_cpp=str(src), libllama_sha256=runner_sha[:16],
                           system_info=system_info)
         record = Device(**s.record())
-    prof = replace(prof, runtime={**prof.runtime, **base})
+    prof = replace(prof, runtime={**prof.runtime, **base, "n_ctx": max(base_ctx, n_ctx)})
     return BenchReport(__version__, build, _machine(), prof, tests, [predict(prof, shape_of(m)) for m in metas], metas,
                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), record)

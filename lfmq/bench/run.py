@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lfmq.bench.case import CaseResult
+from lfmq.bench.case import CaseResult, case_ctx, chat_tokens
 from lfmq.bench.result import BenchReport, BuildInfo, Device, Machine, Test
 from lfmq.devices.profiles import Profile
 from lfmq.devices.transport import sha256_file
@@ -82,15 +82,17 @@ def bench(
     metas = [read_meta(p) for p in paths]  # clear errors before any process starts
     prof = profile_used(profile, knobs)
     base = _load_knobs(prof.runtime)
-    base["n_ctx"] = max(int(base.get("n_ctx", 4096)), n_prompt + n_gen + depth + 1)  # the test must fit
+    base_ctx = int(base.get("n_ctx", 4096))
     cases = [(p, t, np_, ng) for p in paths for t in (threads or [base.get("threads") or default_threads()])
              for np_, ng in ((n_prompt, 0), (0, n_gen)) if np_ or ng]
     digests = {p: sha256_file(p) for p in paths}
+    n_chat = {p: len(chat_tokens(p)) for p in paths}
     tests = []
     for i, (path, t, np_, ng) in enumerate(cases):
         if progress:
             progress("cases", i, len(cases))
-        result = _run_case(path, np_, ng, depth, reps, {**base, "threads": t})
+        n_ctx = case_ctx(base_ctx, np_, ng, depth, n_chat[path])
+        result = _run_case(path, np_, ng, depth, reps, {**base, "threads": t, "n_ctx": n_ctx})
         tests.append(_test(path, digests[path], np_, ng, depth, result))
     if progress:
         progress("cases", len(cases), len(cases))
