@@ -37,7 +37,7 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
                          "the merged file")
     ttft = {p: chat_tokens(p) for p in paths}   # before connecting: a model lfmq cannot load fails here
     n_chat = max(len(t) for t in ttft.values())
-    n_ctx = case_ctx(1, n_prompt, n_gen, depth, n_chat)   # the largest case (pp, tg), for the fit check
+    n_ctx = case_ctx(1, n_prompt, n_gen, depth, n_chat)   # covers every case's context: the fit check's
     with DeviceSession.open(device, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
         if s.profile == HOST:
             from lfmq.bench.run import profile_used
