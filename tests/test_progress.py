@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,14 @@ def test_silent_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     with ui.progress_bar("quantizing") as progress:
         progress("Q4_0", 1, 10)
     assert buf.getvalue() == ""
+
+
+def test_a_bar_starts_no_thread_beside_the_work_it_reports(stderr: io.StringIO) -> None:
+    # bench runs its timed cases while the bar is up; a refresh thread would take CPU from them
+    before = threading.active_count()
+    with ui.progress_bar("bench") as progress:
+        progress("cases", 0, 2)
+        during = threading.active_count()
+        progress("cases", 1, 2)
+    assert during == before, (before, during, threading.enumerate())
+    assert "bench cases" in stderr.getvalue() and "1/2" in stderr.getvalue()
