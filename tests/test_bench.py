@@ -158,3 +158,26 @@ def test_a_small_pinned_context_sizes_each_case_as_llama_bench_does(small_f16, t
     knobs.write_text(json.dumps({"n_ctx": 1024}))   # a profile's larger context is kept: that is how the model runs
     bench([small_f16], profile=str(knobs), n_prompt=8, n_gen=4, reps=1, threads=[1])
     assert [s[2:] for s in seen] == [(1024, 1024), (1024, 1024)]
+
+
+def test_the_host_bandwidth_is_measured_after_the_cases(small_f16, tmp_path, monkeypatch):
+    """Measuring the bandwidth copies and frees half a gigabyte; a case started right after it ran slower, so the
+    cases go first and the report still carries the measured figure."""
+    import lfmq.bench.run as run
+    import lfmq.devices.predict as predict
+
+    events, real_case, real_bw = [], run._run_case, predict.measure_bandwidth
+
+    def case(*args):
+        events.append("case")
+        return real_case(*args)
+
+    def bandwidth(*args, **kwargs):
+        events.append("bandwidth")
+        return real_bw(*args, **kwargs)
+
+    monkeypatch.setattr(run, "_run_case", case)
+    monkeypatch.setattr(predict, "measure_bandwidth", bandwidth)
+    report = bench([small_f16], profile="host", n_prompt=8, n_gen=2, reps=1, threads=[1])
+    assert events == ["case", "case", "bandwidth"]
+    assert report.profile.bandwidth_gbs > 0 and report.profile.memory["bandwidth_source"].startswith("measured")

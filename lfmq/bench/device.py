@@ -39,12 +39,10 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
     n_chat = max(len(t) for t in ttft.values())
     n_ctx = case_ctx(1, n_prompt, n_gen, depth, n_chat)   # covers every case's context: the fit check's
     with DeviceSession.open(device, paths, profile=profile, n_ctx=n_ctx, progress=progress) as s:
-        if s.profile == HOST:
-            from lfmq.bench.run import profile_used
+        from lfmq.bench.run import profile_used
 
-            prof: Profile = profile_used(HOST)
-        else:
-            prof = get_profile(s.profile)
+        # the host's bandwidth is measured after the cases, as in a local bench (lfmq.bench.run)
+        prof: Profile = profile_used(HOST, measure=False) if s.profile == HOST else get_profile(s.profile)
         base = _load_knobs(prof.runtime)
         base_ctx = int(base.get("n_ctx", 4096))
         counts = threads or [base.get("threads") or s.info.cores or 1]
@@ -66,6 +64,8 @@ def bench_on_device(models: list[str | Path], *, device: str, profile: str | Non
             tests.append(_test(path, digests[path], np_, ng, depth, CaseResult.from_dict(raw)))
         if progress:
             progress("cases", len(cases), len(cases))
+        if s.profile == HOST:
+            prof = profile_used(HOST)
         manifest = s.build.manifest
         runner_sha = manifest.get("files", {}).get("lfmq-run", {}).get("sha256", "?")
         src = manifest.get("llama_cpp", "?")
