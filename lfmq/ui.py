@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,8 +49,9 @@ def warn(message: str) -> None:
 def progress_bar(label: str, bytes_unit: bool = False) -> Iterator[Progress]:
     """The CLI's one adapter of lfmq.progress.Progress: a rich bar per `what` on a terminal (stderr), labelled
     "<label> <what>", counting bytes or steps; a no-op callback off a terminal, so pipes and logs stay clean. The bar
-    is drawn on each update and has no refresh thread: one waking ten times a second would share the cores with the
-    work it reports, and bench times that work."""
+    has no refresh thread (one waking ten times a second would share the cores with the work it reports, and bench
+    times that work): an update redraws it, at most ten times a second, and always for a new `what` or a finished one
+    (convert and transfers report every megabyte)."""
     if not err.is_terminal:
         yield lambda what, done, total: None
         return
@@ -57,11 +59,17 @@ def progress_bar(label: str, bytes_unit: bool = False) -> Iterator[Progress]:
     with RichProgress(TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(), console=err,
                       transient=True, auto_refresh=False) as bar:
         tasks: dict[str, Any] = {}
+        drawn = [0.0]   # when the bar was last drawn (time.monotonic)
 
         def update(what: str, done: int, total: int) -> None:
-            if what not in tasks:
+            new = what not in tasks
+            if new:
                 tasks[what] = bar.add_task(f"{label} {what}", total=total or None)
-            bar.update(tasks[what], completed=done, total=total or None, refresh=True)
+            now = time.monotonic()
+            draw = new or done >= total or now - drawn[0] >= 0.1
+            bar.update(tasks[what], completed=done, total=total or None, refresh=draw)
+            if draw:
+                drawn[0] = now
 
         yield update
 

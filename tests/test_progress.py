@@ -83,3 +83,13 @@ def test_a_bar_starts_no_thread_beside_the_work_it_reports(stderr: io.StringIO) 
         progress("cases", 1, 2)
     assert during == before, (before, during, threading.enumerate())
     assert "bench cases" in stderr.getvalue() and "1/2" in stderr.getvalue()
+
+
+def test_a_burst_of_updates_is_not_drawn_once_each(stderr: io.StringIO) -> None:
+    # convert and transfers report every megabyte; the last state is always drawn
+    with ui.progress_bar("quantizing") as progress:
+        for i in range(1, 2001):
+            progress("Q4_0", i, 2000)
+    text = stderr.getvalue()
+    assert "2000/2000" in text
+    assert text.count("quantizing Q4_0") < 200
