@@ -14,7 +14,10 @@ In one run, on the synthetic LFM2.5-350M (random weights; speed and memory depen
    profile's knobs lose at most 3%).
 
     .venv/bin/python benchmarks/bench_vs_llama_bench.py [--rounds 10] [--reps 2] [--memory-rounds 3] [--threads N]
-        [--json FILE]
+        [--types Q4_0,Q8_0] [--json FILE]
+
+`--types Q8_0` runs the overhead part on one type only: rounds twice as close together, for a focused look at one
+figure (the memory part always uses Q4_0).
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ BINDING_DEFAULTS = {"n_ctx": 4096, "n_batch": 512, "n_ubatch": 512, "use_mmap": 
                     "type_k": "f16", "type_v": "f16"}
 
 
+def types(text: str) -> tuple[str, ...]:
+    chosen = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in TYPES]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(TYPES)} (got {text!r})")
+    return chosen
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", type=Path, default=REPO / "benchmarks" / "out")
@@ -51,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=default_threads())
     ap.add_argument("--memory-rounds", type=int, default=3, help="alternating rounds of the memory part (default 3)")
     ap.add_argument("--memory-only", action="store_true", help="skip the llama-bench comparison")
+    ap.add_argument("--types", type=types, default=TYPES, metavar="T,T",
+                    help=f"quant types of the overhead part, comma-separated (default {','.join(TYPES)})")
     ap.add_argument("--json", type=Path, metavar="FILE")
     return ap.parse_args()
 
@@ -143,12 +156,13 @@ def main() -> int:
     logs = args.workdir / "logs" / "bench"
     logs.mkdir(parents=True, exist_ok=True)
     f16 = ensure_f16(args.workdir)
-    models = {q: ensure_quantized(args.workdir, f16, q, args.threads) for q in TYPES}
+    models = {q: ensure_quantized(args.workdir, f16, q, args.threads) for q in args.types}
+    q4 = models.get("Q4_0") or ensure_quantized(args.workdir, f16, "Q4_0", args.threads)
     tool("llama-bench")
-    warm_page_cache(*models.values())
+    warm_page_cache(*dict.fromkeys([*models.values(), q4]))
     print(f"threads {args.threads}, load average {load_average():.2f}")
     over = {} if args.memory_only else overhead(models, args, logs)
-    mem = memory(models["Q4_0"], args, logs)
+    mem = memory(q4, args, logs)
     print("\nmedians                 pp512 t/s   tg128 t/s   peak MB")
     ok = True
     for q, s in over.items():
