@@ -59,17 +59,18 @@ def progress_bar(label: str, bytes_unit: bool = False) -> Iterator[Progress]:
     with RichProgress(TextColumn("{task.description}"), BarColumn(), count, TimeRemainingColumn(), console=err,
                       transient=True, auto_refresh=False) as bar:
         tasks: dict[str, Any] = {}
-        drawn = [0.0]   # when the bar was last drawn (time.monotonic)
+        drawn = 0.0   # when the bar was last drawn (time.monotonic)
 
         def update(what: str, done: int, total: int) -> None:
+            nonlocal drawn
             new = what not in tasks
             if new:
                 tasks[what] = bar.add_task(f"{label} {what}", total=total or None)
             now = time.monotonic()
-            draw = new or done >= total or now - drawn[0] >= 0.1
+            draw = new or (total > 0 and done >= total) or now - drawn >= 0.1   # total 0: not known
             bar.update(tasks[what], completed=done, total=total or None, refresh=draw)
             if draw:
-                drawn[0] = now
+                drawn = now
 
         yield update
 

@@ -93,3 +93,11 @@ def test_a_burst_of_updates_is_not_drawn_once_each(stderr: io.StringIO) -> None:
     text = stderr.getvalue()
     assert "2000/2000" in text
     assert text.count("quantizing Q4_0") < 200
+
+
+def test_a_burst_of_updates_without_a_known_total_is_not_drawn_once_each(stderr: io.StringIO) -> None:
+    # total 0 means not known: every update is "done >= total", which must not mean "finished, draw it"
+    with ui.progress_bar("pushing") as progress:
+        for i in range(1, 2001):
+            progress("model.gguf", i, 0)
+    assert stderr.getvalue().count("pushing model.gguf") < 200
